@@ -1,0 +1,1 @@
+"""Pure-Python (and PyTorch) building blocks; nothing here may import ROS."""

@@ -1,0 +1,126 @@
+"""The privileged expert: it reads the task and ground truth, and acts with the same primitives.
+
+It is the teacher for imitation data and the upper bound in evaluations. `goto` steers toward
+the target along the clear heading closest to it (a ray cast against inflated objects and the
+walls); `turn` and `move` servo on odometry since the instruction; `stop` stops.
+"""
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from vlit_ros.core.actions import ActionParams
+from vlit_ros.core.geometry import to_frame, wrap_angle
+from vlit_ros.sim.tasks import GotoTask, MoveTask, StopTask, Task, TurnTask
+
+# Extra clearance the expert keeps from objects it is not going to (m).
+_AVOID_MARGIN = 0.12
+# How far ahead a heading must be clear before the expert takes it (m).
+_LOOKAHEAD = 1.2
+_CANDIDATE_HEADINGS = np.radians(np.arange(-180.0, 180.0, 5.0))
+_GOTO_STOP_DISTANCE = 0.6
+_TURN_IN_PLACE_ABOVE = 0.5
+_ARC_ABOVE = 0.12
+
+
+class ExpertPolicy:
+    """Privileged expert; `vlit-ros eval --policy expert` and data generation use it."""
+
+    privileged = True
+
+    def __init__(self, action_params: Optional[ActionParams] = None):
+        self.action_params = action_params or ActionParams()
+        self._task: Optional[Task] = None
+        self._world = None
+
+    def reset(self, instruction: str, task: Optional[Task] = None, world=None) -> None:
+        if task is None or world is None:
+            raise ValueError('the expert is privileged: it needs the task and the world '
+                             '(use it through vlit_ros.sim.episode.run_episode)')
+        self._task = task
+        self._world = world
+        self._target = task.target(world.scene) if isinstance(task, GotoTask) else None
+        self._cumulative_yaw = 0.0
+        self._last_yaw = 0.0
+
+    def act(self, obs) -> str:
+        if self._task is None:
+            raise RuntimeError('call reset() before act()')
+        yaw = obs.odom[2]
+        self._cumulative_yaw += wrap_angle(yaw - self._last_yaw)
+        self._last_yaw = yaw
+        task = self._task
+        if isinstance(task, StopTask):
+            return 'stop'
+        if isinstance(task, TurnTask):
+            return self._turn(math.radians(task.angle_deg) - self._cumulative_yaw)
+        if isinstance(task, MoveTask):
+            return self._move(task.distance_m - obs.odom[0])
+        return self._goto()
+
+    def _turn(self, remaining: float) -> str:
+        # Stop early by the distance the drive needs to come to rest, plus half a step.
+        p = self.action_params
+        robot = self._world.scene.robot
+        brake = p.turn_rate ** 2 / (2 * robot.max_angular_accel) + p.turn_rate * 0.05
+        if abs(remaining) <= brake:
+            return 'stop'
+        return 'turn_left' if remaining > 0 else 'turn_right'
+
+    def _move(self, remaining: float) -> str:
+        p = self.action_params
+        robot = self._world.scene.robot
+        speed = p.forward_speed if remaining > 0 else p.backward_speed
+        brake = speed ** 2 / (2 * robot.max_linear_accel) + speed * 0.05
+        if abs(remaining) <= brake:
+            return 'stop'
+        return 'forward' if remaining > 0 else 'backward'
+
+    def _goto(self) -> str:
+        world = self._world
+        pose = world.pose()
+        target = self._target
+        distance = math.hypot(target.x - pose[0], target.y - pose[1])
+        if distance <= _GOTO_STOP_DISTANCE:
+            return 'stop'
+        tx, ty = to_frame(pose, target.x, target.y)
+        bearing = self._clear_heading(pose, math.atan2(ty, tx), distance)
+        if abs(bearing) > _TURN_IN_PLACE_ABOVE:
+            return 'turn_left' if bearing > 0 else 'turn_right'
+        if abs(bearing) > _ARC_ABOVE:
+            return 'forward_left' if bearing > 0 else 'forward_right'
+        return 'forward'
+
+    def _clear_heading(self, pose, bearing: float, distance: float) -> float:
+        """Return the clear heading (robot frame) closest to `bearing`."""
+        scene = self._world.scene
+        robot_radius = scene.robot.radius
+        lookahead = min(_LOOKAHEAD, distance - _GOTO_STOP_DISTANCE + 0.2)
+        headings = pose[2] + _CANDIDATE_HEADINGS
+        dirs = np.stack([np.cos(headings), np.sin(headings)], axis=1)
+        free = np.full(len(headings), np.inf)
+        for obj in scene.objects:
+            if obj is self._target:
+                continue
+            radius = obj.footprint_radius + robot_radius + _AVOID_MARGIN
+            rel = np.array([obj.x - pose[0], obj.y - pose[1]])
+            along = dirs @ rel
+            perp_sq = rel @ rel - along ** 2
+            hit = (perp_sq < radius ** 2) & (along > 0)
+            entry = along - np.sqrt(np.maximum(radius ** 2 - perp_sq, 0.0))
+            free = np.where(hit, np.minimum(free, np.maximum(entry, 0.0)), free)
+        half = scene.arena_size / 2.0 - robot_radius - _AVOID_MARGIN
+        for axis in (0, 1):
+            with np.errstate(divide='ignore', invalid='ignore'):
+                to_wall = np.where(dirs[:, axis] > 0, (half - pose[axis]) / dirs[:, axis],
+                                   (-half - pose[axis]) / dirs[:, axis])
+            free = np.minimum(free, np.where(np.abs(dirs[:, axis]) > 1e-9, to_wall, np.inf))
+        relative = np.array([wrap_angle(h - pose[2]) for h in headings])
+        ok = free >= lookahead
+        if not ok.any():
+            # Boxed in: take the most open heading.
+            return float(relative[int(np.argmax(free))])
+        cost = np.abs(np.array([wrap_angle(r - bearing) for r in relative]))
+        cost[~ok] = np.inf
+        return float(relative[int(np.argmin(cost))])
