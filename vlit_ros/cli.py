@@ -1,4 +1,5 @@
-"""The `vlit-ros` command: one entry point, a sub-command per module.
+"""
+The `vlit-ros` command: one entry point, a sub-command per module.
 
 Each sub-command lives in its own module, which provides `add_arguments(parser)` and
 `run(args) -> int`. Modules are imported only when their sub-command runs, so
@@ -33,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     name = argv[0]
     module = importlib.import_module(known[name])
     parser = argparse.ArgumentParser(prog=f'vlit-ros {name}',
-                                     description=dict((n, h) for n, _, h in COMMANDS)[name])
+                                     description={n: h for n, _, h in COMMANDS}[name])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     try:

@@ -1,4 +1,5 @@
-"""Policy plug-ins: load `model`, `expert`, `random` or `PATH.py:Class` by name.
+"""
+Policy plug-ins: load `model`, `expert`, `random` or `PATH.py:Class` by name.
 
 A plug-in is a class constructed with no arguments, with `reset(instruction: str)` and
 `act(obs) -> str` returning one of the seven action names (DESIGN.md §5).

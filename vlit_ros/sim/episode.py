@@ -1,4 +1,5 @@
-"""Run one instruction-following episode in-process: world, policy, judge.
+"""
+Run one instruction-following episode in-process: world, policy, judge.
 
 Episode *i* of an evaluation with seed S uses scene seed S + i, so two policies evaluated
 with the same seed and instruction list face identical episodes (DESIGN.md §5).
@@ -23,7 +24,8 @@ _STOP_START_TWISTS = ((0.4, 0.0), (0.3, 0.6), (0.3, -0.6), (0.0, 0.8), (-0.2, 0.
 
 
 class Observation:
-    """What a policy sees: `image` (H x W x 3 uint8 RGB), `odom` and `t`.
+    """
+    What a policy sees: `image` (H x W x 3 uint8 RGB), `odom` and `t`.
 
     `odom` is (x, y, yaw, v, w) in the frame where the instruction began (x ahead, y left,
     yaw counter-clockwise); `t` is seconds since the instruction. The image is rendered on
@@ -83,7 +85,8 @@ class EpisodeResult:
 def make_episode(index: int, seed: int, instructions: Optional[List[Instruction]] = None,
                  robot: Optional[RobotSpec] = None, families=FAMILIES,
                  held_out: bool = False) -> EpisodeSpec:
-    """Build episode `index`: scene seed + index, and an instruction from the list or drawn.
+    """
+    Build episode `index`: scene seed + index, and an instruction from the list or drawn.
 
     Without a list, episode i belongs to family i mod len(families), and the phrasing is
     drawn from the built-in templates with a generator seeded by the scene seed.
@@ -108,7 +111,8 @@ def make_episode(index: int, seed: int, instructions: Optional[List[Instruction]
 def run_episode(world: World, policy, spec: EpisodeSpec,
                 on_step: Optional[Callable[[World, Observation, str, float], None]] = None
                 ) -> EpisodeResult:
-    """Play one episode with `policy` and judge it.
+    """
+    Play one episode with `policy` and judge it.
 
     `on_step(world, obs, action, reward)` is called after each step (videos, data logging).
     """

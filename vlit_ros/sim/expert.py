@@ -1,4 +1,5 @@
-"""The privileged expert: it reads the task and ground truth, and acts with the same primitives.
+"""
+The privileged expert: it reads the task and ground truth, and acts with the same primitives.
 
 It is the teacher for imitation data and the upper bound in evaluations. `goto` steers toward
 the target along the clear heading closest to it (a ray cast against inflated objects and the

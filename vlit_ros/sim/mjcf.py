@@ -12,6 +12,9 @@ ROBOT_GEOM = 'robot_base'
 FRONT_CAMERA = 'front_camera'
 TOP_CAMERA = 'top_camera'
 OBJECT_PREFIX = 'object_'
+# The top-down camera stands this many arena sizes above the centre, with this field of view.
+TOP_CAMERA_HEIGHT_FACTOR = 1.25
+TOP_CAMERA_FOVY_DEG = 45.0
 # Physics step (s): five steps per 10 Hz control period keep contacts stable and cheap.
 PHYSICS_TIMESTEP = 0.02
 # Velocity-servo gains of the planar base joints (N s/m, N m s/rad); implicit integration
@@ -58,6 +61,8 @@ def build_mjcf(scene: Scene) -> str:
     ET.SubElement(visual, 'headlight', ambient='0.45 0.45 0.45', diffuse='0.5 0.5 0.5',
                   specular='0 0 0')
     asset = ET.SubElement(root, 'asset')
+    ET.SubElement(asset, 'texture', name='sky', type='skybox', builtin='gradient',
+                  rgb1='0.62 0.74 0.88', rgb2='0.25 0.33 0.45', width='32', height='32')
     ET.SubElement(asset, 'texture', name='floor_grid', type='2d', builtin='checker',
                   rgb1='0.62 0.62 0.60', rgb2='0.55 0.55 0.53', width='64', height='64')
     ET.SubElement(asset, 'material', name='floor', texture='floor_grid',
@@ -102,8 +107,9 @@ def build_mjcf(scene: Scene) -> str:
                   pos=_fmt(robot.radius * 0.5, 0.0, robot.camera_height),
                   xyaxes=_fmt(right[0], right[1], 0.0, 0.0, 0.0, 1.0),
                   fovy=_fmt(robot.camera_vfov_deg))
-    ET.SubElement(world, 'camera', name=TOP_CAMERA, pos=_fmt(0, 0, scene.arena_size * 1.25),
-                  xyaxes='1 0 0 0 1 0', fovy='45')
+    ET.SubElement(world, 'camera', name=TOP_CAMERA,
+                  pos=_fmt(0, 0, scene.arena_size * TOP_CAMERA_HEIGHT_FACTOR),
+                  xyaxes='1 0 0 0 1 0', fovy=_fmt(TOP_CAMERA_FOVY_DEG))
     actuator = ET.SubElement(root, 'actuator')
     ET.SubElement(actuator, 'velocity', name='drive_x', joint='base_x',
                   kv=_fmt(_LINEAR_SERVO_GAIN))

@@ -1,4 +1,5 @@
-"""Seeded scene description: the one source both the MuJoCo model and the Gazebo world are built from.
+"""
+Seeded scene description: the one source both the MuJoCo model and the Gazebo world are built from.
 
 A scene is pure data (frozen dataclasses, YAML/dict round trip). `Scene.generate(seed)` is
 deterministic: the same seed gives the same arena, objects and robot start everywhere.

@@ -1,4 +1,5 @@
-"""Instruction families, their phrasings, instruction files, success rules and rewards.
+"""
+Instruction families, their phrasings, instruction files, success rules and rewards.
 
 Families (DESIGN.md §3): `goto` (reach a named object), `turn` (by an angle, positive =
 left), `move` (forward/back by a distance), `stop`. Success is judged from ground truth:
@@ -278,7 +279,8 @@ def clear_distance_ahead(scene: Scene, pose: Pose2D, backwards: bool = False,
 
 def generate_instruction(scene: Scene, family: str, rng: random.Random,
                          held_out: bool = False) -> Instruction:
-    """Draw a phrasing and a task of one family that is feasible in `scene`.
+    """
+    Draw a phrasing and a task of one family that is feasible in `scene`.
 
     `held_out=True` draws goto phrasings from the held-out set instead of the training set.
     """
@@ -327,7 +329,8 @@ class Outcome:
 
 
 class EpisodeJudge:
-    """Applies the success rules and computes the dense reward, step by step, from ground truth.
+    """
+    Applies the success rules and computes the dense reward, step by step, from ground truth.
 
     Rewards: progress toward the goal (metres or radians gained), a small time penalty,
     +5 on success, -1 on failure and -2 for touching a wrong object (goto). The episode

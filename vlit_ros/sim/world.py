@@ -1,4 +1,5 @@
-"""The MuJoCo task world: a differential-drive robot with a camera in a seeded arena.
+"""
+The MuJoCo task world: a differential-drive robot with a camera in a seeded arena.
 
 `World` is pure Python (no ROS). One `step` is one control period (0.1 s at 10 Hz): the
 commanded twist goes through the drive model (acceleration limits, per-wheel gains) and
@@ -44,7 +45,7 @@ class Odometry:
 class World:
     """A simulated arena with one robot; deterministic for a scene and command sequence."""
 
-    def __init__(self, scene: Optional[Scene] = None,
+    def __init__(self, scene: Optional[Scene] = None, robot: Optional[RobotSpec] = None,
                  action_params: Optional[ActionParams] = None,
                  control_rate_hz: float = CONTROL_RATE_HZ):
         if not 1.0 <= control_rate_hz <= 100.0:
@@ -56,14 +57,15 @@ class World:
         self._data = None
         self._renderers = {}
         self._scene = None
-        self.reset(scene=scene or Scene.generate(0))
+        self.reset(scene=scene or Scene.generate(0, robot=robot))
 
     # -- set-up ---------------------------------------------------------------------------
 
     def reset(self, seed: Optional[int] = None, scene: Optional[Scene] = None,
               robot: Optional[RobotSpec] = None,
               initial_twist: Tuple[float, float] = (0.0, 0.0)) -> Scene:
-        """Start a new episode in a scene (built from `seed` when no scene is given).
+        """
+        Start a new episode in a scene (built from `seed` when no scene is given).
 
         `initial_twist` starts the robot already moving (v m/s, w rad/s), e.g. for `stop`.
         """
@@ -107,7 +109,7 @@ class World:
 
     @property
     def time(self) -> float:
-        """Simulated seconds since reset."""
+        """Return simulated seconds since reset."""
         return float(self._data.time)
 
     # -- stepping -------------------------------------------------------------------------
