@@ -1,4 +1,5 @@
-"""Convert between sensor_msgs images and H x W x 3 uint8 RGB numpy arrays.
+"""
+Convert between sensor_msgs images and H x W x 3 uint8 RGB numpy arrays.
 
 Why not cv_bridge: PyPI's `cv-bridge` 1.13.0.post0 (the only cv_bridge wheel) is the ROS 1
 Python code, and its `cv2_to_imgmsg` / `cv2_to_compressed_imgmsg` call `ndarray.tostring()`,

@@ -1,0 +1,109 @@
+"""`vlit-ros eval`: the yardstick, its expert upper bound and its random lower bound."""
+
+import json
+from pathlib import Path
+
+import imageio.v2 as imageio
+import pytest
+
+from vlit_ros.cli import main
+from vlit_ros.evaluation import evaluate
+from vlit_ros.policies import RandomPolicy
+from vlit_ros.sim.expert import ExpertPolicy
+from vlit_ros.sim.tasks import FAMILIES
+
+FIXTURES = Path(__file__).parent / 'fixtures'
+
+
+@pytest.fixture(scope='module')
+def expert_summary():
+    return evaluate(ExpertPolicy(), episodes=400, seed=1, progress=False)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_expert_solves_at_least_98_percent_per_family(expert_summary, family):
+    row = expert_summary['per_family'][family]
+    assert row['episodes'] == 100
+    assert row['success_rate'] >= 0.98, row
+
+
+def test_random_policy_solves_few():
+    summary = evaluate(RandomPolicy(seed=0), episodes=80, seed=1, progress=False)
+    assert summary['per_family']['goto']['success_rate'] <= 0.1
+    assert summary['success_rate'] <= 0.3
+
+
+def test_cli_writes_json_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / 'eval.json'
+    rc = main(['eval', '--policy', 'expert', '--episodes', '8', '--seed', '3', '--quiet',
+               '--json', str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert 'goto' in printed and 'success' in printed
+    data = json.loads(out.read_text())
+    assert {'success_rate', 'per_family', 'episodes'} <= set(data)
+    assert len(data['episodes']) == 8
+    assert [e['seed'] for e in data['episodes']] == list(range(3, 11))
+    assert set(data['per_family']) == set(FAMILIES)
+
+
+def test_instruction_file_gives_identical_episodes_to_two_policies(tmp_path):
+    path = tmp_path / 'instructions.jsonl'
+    path.write_text('{"text": "spin around", "task": {"type": "turn", "angle_deg": 180}}\n'
+                    '{"text": "halt", "task": {"type": "stop"}}\n')
+    outs = []
+    for policy in ('expert', 'random'):
+        out = tmp_path / f'{policy}.json'
+        assert main(['eval', '--policy', policy, '--episodes', '5', '--seed', '20',
+                     '--instructions', str(path), '--quiet', '--json', str(out)]) == 0
+        outs.append(json.loads(out.read_text())['episodes'])
+    for a, b in zip(*outs):
+        assert (a['seed'], a['text'], a['task']) == (b['seed'], b['text'], b['task'])
+    assert [e['text'] for e in outs[0]] == ['spin around', 'halt'] * 2 + ['spin around']
+
+
+def test_bad_instruction_file_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / 'bad.jsonl'
+    path.write_text('{"text": "halt", "task": {"type": "stop"}}\n{"text": "x"}\n')
+    assert main(['eval', '--policy', 'expert', '--instructions', str(path)]) == 2
+    assert 'bad.jsonl:2:' in capsys.readouterr().err
+
+
+def test_goto_naming_a_missing_object_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / 'missing.jsonl'
+    lines = [json.dumps({'text': f'go to the {c} {s}',
+                         'task': {'type': 'goto', 'color': c, 'shape': s}})
+             for c in ('red', 'green') for s in ('cube', 'sphere', 'cylinder')]
+    path.write_text('\n'.join(lines))
+    assert main(['eval', '--policy', 'expert', '--instructions', str(path), '--episodes',
+                 '6', '--quiet']) == 2
+    assert 'has no' in capsys.readouterr().err
+
+
+def test_plugin_policy_and_bad_plugins(tmp_path, capsys):
+    plugin = f'{FIXTURES / "forward_policy.py"}:AlwaysForward'
+    assert main(['eval', '--policy', plugin, '--episodes', '4', '--quiet']) == 0
+    assert main(['eval', '--policy', f'{FIXTURES / "forward_policy.py"}:Missing']) == 2
+    assert main(['eval', '--policy', f'{FIXTURES / "forward_policy.py"}:NeedsArguments']) == 2
+    assert main(['eval', '--policy', 'telepathy']) == 2
+    err = capsys.readouterr().err
+    assert 'defines no' in err and 'no arguments' in err and 'unknown policy' in err
+
+
+def test_video_is_written_and_playable(tmp_path):
+    videos = tmp_path / 'videos'
+    assert main(['eval', '--policy', 'expert', '--episodes', '2', '--seed', '5',
+                 '--families', 'turn', '--quiet', '--video', str(videos)]) == 0
+    files = sorted(videos.glob('*.mp4'))
+    assert len(files) == 2
+    reader = imageio.get_reader(files[0])
+    frame = reader.get_data(0)
+    assert frame.shape[0] > 200 and frame.shape[1] > 500
+    reader.close()
+
+
+def test_shifted_world_and_unknown_family(capsys):
+    assert main(['eval', '--policy', 'expert', '--episodes', '4', '--world', 'shifted',
+                 '--quiet']) == 0
+    assert main(['eval', '--policy', 'expert', '--families', 'dance']) == 2
+    assert 'unknown families' in capsys.readouterr().err

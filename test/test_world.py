@@ -1,0 +1,119 @@
+"""The MuJoCo world: determinism, driving, odometry, camera and contacts."""
+
+import math
+
+import numpy as np
+import pytest
+
+from vlit_ros.sim.scene import ObjectSpec, RobotSpec, Scene
+from vlit_ros.sim.world import World
+
+COMMANDS = ['forward'] * 8 + ['turn_left'] * 5 + ['forward_right'] * 6 + ['backward'] * 3
+
+
+@pytest.fixture
+def world():
+    w = World(Scene.generate(3))
+    yield w
+    w.close()
+
+
+def _rollout(world, seed):
+    world.reset(seed=seed)
+    poses, images = [], []
+    for command in COMMANDS:
+        world.step(command)
+        poses.append(world.pose())
+        images.append(world.render())
+    return poses, images
+
+
+def test_world_is_deterministic_for_a_seed(world):
+    poses_a, images_a = _rollout(world, 9)
+    poses_b, images_b = _rollout(world, 9)
+    assert poses_a == poses_b
+    assert all(np.array_equal(a, b) for a, b in zip(images_a, images_b))
+    poses_c, _ = _rollout(world, 10)
+    assert poses_c != poses_a
+
+
+def test_forward_drives_along_the_heading_and_odometry_follows(world):
+    world.reset(seed=3)
+    start = world.pose()
+    for _ in range(10):
+        world.step('forward')
+    x, y, yaw = world.pose()
+    travelled = math.hypot(x - start[0], y - start[1])
+    # 0.4 m/s for 1 s, less the ramp-up at 2 m/s^2 (0.04 m).
+    assert travelled == pytest.approx(0.36, abs=0.02)
+    assert math.atan2(y - start[1], x - start[0]) == pytest.approx(start[2], abs=1e-3)
+    odom = world.odometry()
+    assert odom.x == pytest.approx(travelled, abs=1e-6)
+    assert abs(odom.y) < 1e-6 and abs(odom.yaw) < 1e-6
+    assert odom.v == pytest.approx(0.4, abs=0.01)
+
+
+def test_turn_left_is_counter_clockwise(world):
+    world.reset(seed=3)
+    for _ in range(10):
+        world.step('turn_left')
+    assert world.odometry().yaw == pytest.approx(0.8 - 0.08, abs=0.02)
+    assert world.odometry().w == pytest.approx(0.8, abs=0.01)
+
+
+def test_twist_commands_and_invalid_commands(world):
+    world.reset(seed=3)
+    world.step((0.0, -0.5))
+    assert world.odometry().w < 0
+    with pytest.raises(ValueError, match='finite'):
+        world.step((float('nan'), 0.0))
+    with pytest.raises(ValueError, match='unknown action'):
+        world.step('jump')
+
+
+def test_camera_image_shape_and_it_sees_colour():
+    obj = ObjectSpec('cube', 'red', 1.5, 0.0, 0.24)
+    with World(Scene(seed=0, objects=(obj,))) as world:
+        image = world.render()
+        assert image.shape == (96, 128, 3) and image.dtype == np.uint8
+        centre = image[40:70, 54:74].reshape(-1, 3).mean(axis=0)
+        assert centre[0] > 120 and centre[0] > 2 * centre[1] and centre[0] > 2 * centre[2]
+        top = world.render_top(64)
+        assert top.shape == (64, 64, 3)
+
+
+def test_shifted_camera_sees_the_object_off_centre():
+    obj = ObjectSpec('cube', 'red', 1.5, 0.0, 0.24)
+    scene = Scene(seed=0, objects=(obj,), robot=RobotSpec().shifted())
+    with World(scene) as world:
+        image = world.render().astype(int)
+        red = (image[..., 0] > 120) & (image[..., 1] < 60)
+        columns = np.nonzero(red.any(axis=0))[0]
+        # Camera yawed 20 degrees left: the object ahead appears right of centre.
+        assert columns.mean() > 64 + 10
+
+
+def test_weak_left_wheel_curves_to_the_left():
+    scene = Scene.generate(3, robot=RobotSpec().shifted())
+    with World(scene) as world:
+        for _ in range(10):
+            world.step('forward')
+        assert world.odometry().yaw > 0.3
+
+
+def test_contacts_are_recorded_and_objects_block_the_robot():
+    obj = ObjectSpec('cube', 'blue', 1.0, 0.0, 0.2)
+    with World(Scene(seed=0, objects=(obj,))) as world:
+        for _ in range(40):
+            world.step('forward')
+        assert 'blue_cube' in world.touched_objects()
+        assert world.pose()[0] < 1.0 - 0.2 - 0.2 + 0.05
+
+
+def test_stop_start_twist_and_is_stopped(world):
+    world.reset(seed=3, initial_twist=(0.4, 0.0))
+    assert world.body_velocity()[0] == pytest.approx(0.4, abs=1e-6)
+    assert not world.is_stopped()
+    for _ in range(3):
+        world.step('stop')
+    assert world.is_stopped()
