@@ -1,4 +1,5 @@
-"""Measure the simulator's speed: frame render time and real-time factor at 10 Hz control.
+"""
+Measure the simulator's speed: frame render time and real-time factor at 10 Hz control.
 
 Usage: python bench/sim_speed.py [--steps 2000] [--json OUT.json]
 """
@@ -12,7 +13,7 @@ from vlit_ros.sim.world import World
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--steps', type=int, default=2000)
     parser.add_argument('--json', default=None)
     args = parser.parse_args()
