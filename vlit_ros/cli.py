@@ -14,6 +14,8 @@ from typing import List, Optional
 # (sub-command, module, one-line help)
 COMMANDS = (
     ('eval', 'vlit_ros.evaluation', 'evaluate a policy on simulated episodes'),
+    ('gen-data', 'vlit_ros.training.datagen', 'render captioned views and expert trajectories'),
+    ('gz-world', 'vlit_ros.gazebo.cli_world', 'write the Gazebo SDF world for a scene seed'),
 )
 
 
