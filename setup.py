@@ -36,6 +36,9 @@ setup(
     entry_points={
         'console_scripts': [
             'vlit-ros = vlit_ros.cli:main',
+            'instruction_follower = vlit_ros.nodes.instruction_follower:main',
+            'sim = vlit_ros.nodes.sim_node:main',
+            'task = vlit_ros.nodes.task_node:main',
         ],
     },
 )

@@ -324,17 +324,25 @@ def test_follows_reports_actions_and_stops_when_the_camera_stops(graph_factory):
 
 def test_killing_the_image_publisher_leaves_zero_commands(graph_factory):
     graph = graph_factory()
+    replayer_log = tempfile.TemporaryFile('w+')
     replayer = subprocess.Popen([sys.executable, str(REPLAYER), '--rate', '10'],
-                                env=graph.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                env=graph.env, stdout=replayer_log,
+                                stderr=subprocess.STDOUT)
     try:
         since = time.monotonic()
         graph.say('go forward')
-        moving = graph.wait_for_command(lambda c: c[1] > 0.3, since, timeout=STARTUP_S)
-        assert moving is not None, graph.output()
+        # The replayer is a fresh Python process: imports and discovery take a while on a
+        # loaded 2-core machine, so allow twice the usual start-up time.
+        moving = graph.wait_for_command(lambda c: c[1] > 0.3, since, timeout=2 * STARTUP_S)
+        if moving is None:
+            replayer_log.seek(0)
+            pytest.fail(f'follower never moved; replayer exit code {replayer.poll()}, '
+                        f'replayer output:\n{replayer_log.read()}\n'
+                        f'follower output:\n{graph.output()}')
     finally:
         replayer.kill()
         replayer.wait()
+        replayer_log.close()
     killed_at = time.monotonic()
     zero = graph.wait_for_command(lambda c: c[1] == 0.0, killed_at)
     assert zero is not None and zero[0] - killed_at < 1.5
@@ -492,7 +500,9 @@ def test_shutdown_publishes_a_zero_command(graph_factory, sig):
 
 @pytest.mark.parametrize('params, message', [
     (['policy:=expert'], "policy 'expert' reads the simulator's ground truth"),
-    (['policy:=model'], "policy 'model' needs a checkpoint"),
+    (['policy:=model', 'checkpoint:=/nonexistent/checkpoint'],
+     'checkpoint /nonexistent/checkpoint is not a directory'),
+    (['policy:=random', 'checkpoint:=/tmp/ckpt'], "is only used by policy 'model'"),
     (['policy:=random', 'forward_speed:=0.8'], "action 'forward' asks for (0.8, 0.0)"),
     (['policy:=random', 'image_timeout_s:=0.05'], 'shorter than the control period'),
     (['policy:=random', 'control_rate_hz:=10'], 'parameter control_rate_hz must be of type'),

@@ -13,9 +13,16 @@ from typing import List, Optional
 
 # (sub-command, module, one-line help)
 COMMANDS = (
+    ('bench', 'vlit_ros.bench', 'time each model stage at batch 1 and a larger batch'),
+    ('demo', 'vlit_ros.demo', 'the whole loop over ROS 2: simulator, task and follower'),
     ('eval', 'vlit_ros.evaluation', 'evaluate a policy on simulated episodes'),
     ('gen-data', 'vlit_ros.training.datagen', 'render captioned views and expert trajectories'),
+    ('pretrain', 'vlit_ros.training.pretrain', 'vision-language pretraining (MLM + ITM + VLM)'),
+    ('finetune', 'vlit_ros.training.finetune', 'instruction tuning by imitation, then DAgger'),
+    ('train-all', 'vlit_ros.training.train_all', 'gen-data, pretrain and finetune in one go'),
+    ('eval-table', 'vlit_ros.training.eval_table', 'results table: model, expert, random, ...'),
     ('gz-world', 'vlit_ros.gazebo.cli_world', 'write the Gazebo SDF world for a scene seed'),
+    ('run', 'vlit_ros.run', 'bring the node graph up over ROS 2 without ros2 launch'),
 )
 
 

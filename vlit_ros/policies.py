@@ -60,6 +60,17 @@ def load_plugin(spec: str):
     return policy
 
 
+def default_checkpoint() -> str:
+    """Return the shipped default checkpoint directory, or raise if it is not installed."""
+    from vlit_ros.checkpoints import DEFAULT_CHECKPOINT
+    if not (DEFAULT_CHECKPOINT / 'config.json').is_file():
+        raise ValueError(f'no checkpoint given and the default checkpoint is missing from '
+                         f'{DEFAULT_CHECKPOINT}; pass --checkpoint DIR or reproduce it with '
+                         f'`vlit-ros train-all --out runs/default --install '
+                         f'{DEFAULT_CHECKPOINT}`')
+    return str(DEFAULT_CHECKPOINT)
+
+
 def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu',
                 seed: Optional[int] = None):
     """Return a policy object for a `--policy` value."""
@@ -70,7 +81,7 @@ def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu'
         return RandomPolicy(seed)
     if spec == 'model':
         from vlit_ros.core.policy import ModelPolicy
-        return ModelPolicy.from_checkpoint(checkpoint, device=device)
+        return ModelPolicy.from_checkpoint(checkpoint or default_checkpoint(), device=device)
     if ':' in spec:
         return load_plugin(spec)
     raise ValueError(f'unknown policy {spec!r}; use one of {", ".join(BUILTIN_POLICIES)} '

@@ -164,8 +164,14 @@ def read_config(node: Node) -> FollowerConfig:
             max_angular_accel=values['max_angular_accel'],
             image_timeout_s=values['image_timeout_s'],
             inference_stall_timeout_s=values['inference_stall_timeout_s'])
+        checkpoint = values['checkpoint']
+        if values['policy'] == 'model' and not checkpoint:
+            # No checkpoint given: the one shipped with the package, when it is installed.
+            from vlit_ros.checkpoints import DEFAULT_CHECKPOINT
+            if (DEFAULT_CHECKPOINT / 'config.json').is_file():
+                checkpoint = str(DEFAULT_CHECKPOINT)
         return FollowerConfig(
-            policy=values['policy'], checkpoint=values['checkpoint'],
+            policy=values['policy'], checkpoint=checkpoint,
             device=values['device'], seed=values['seed'],
             torch_threads=values['torch_threads'],
             control_rate_hz=values['control_rate_hz'], actions=actions, safety=safety,

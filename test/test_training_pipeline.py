@@ -1,0 +1,105 @@
+# Copyright 2026 vlit_ros developers
+# Licensed under the Apache License, Version 2.0.
+
+"""End to end on tiny data: gen-data -> pretrain -> finetune with DAgger; resume; DDP."""
+
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from vlit_ros.cli import main
+from vlit_ros.core.actions import ACTIONS
+from vlit_ros.core.policy import ModelPolicy
+from vlit_ros.sim.episode import make_episode, Observation
+from vlit_ros.sim.world import World
+from vlit_ros.training.loop import STATE_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ['--preset', 'tiny', '--threads', '2', '--quiet']
+
+
+def _history(directory: Path):
+    return json.loads((directory / STATE_DIR / 'state.json').read_text())['history']
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp('data')
+    assert main(['gen-data', '--out', str(out), '--caption-scenes', '2', '--views-per-scene',
+                 '12', '--trajectory-scenes', '3', '--scenes-per-shard', '2', '--quiet']) == 0
+    return out
+
+
+def _pretrain(data, out, steps, extra=()):
+    return main(['pretrain', '--data', str(data), '--out', str(out), '--steps', str(steps),
+                 '--batch-size', '8', '--lr', '2e-3', '--warmup', '2', '--log-every', '2',
+                 '--held-out', '4', '--checkpoint-every', '0'] + TINY_MODEL + list(extra))
+
+
+def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
+    pretrained = tmp_path / 'pretrain'
+    assert _pretrain(data, pretrained, 16) == 0
+    history = _history(pretrained)
+    assert history[-1]['loss'] < history[0]['loss']
+    assert {'loss_mlm', 'loss_itm', 'loss_itc'} <= set(history[-1])
+    assert (pretrained / 'report.png').stat().st_size > 1000
+    assert list((pretrained / 'tensorboard').iterdir())
+
+    tuned = tmp_path / 'finetune'
+    assert main(['finetune', '--data', str(data), '--init', str(pretrained), '--out',
+                 str(tuned), '--steps', '16', '--batch-size', '16', '--lr', '3e-3',
+                 '--warmup', '2', '--log-every', '4', '--dagger-rounds', '1',
+                 '--dagger-episodes', '2', '--dagger-steps', '4', '--dagger-parallel', '2',
+                 '--eval-episodes', '2', '--checkpoint-every', '0'] + TINY_MODEL) == 0
+    history = _history(tuned)
+    assert history[-1]['step'] == 20
+    assert min(row['loss'] for row in history) < history[0]['loss']
+    record = json.loads((tuned / 'training.json').read_text())
+    assert record['dagger_rounds'][0]['frames'] > 0
+    assert record['evaluation']['episodes_total'] == 2
+    shard = load_file(str(tuned / 'dagger' / 'round_00' / 'rank_000.safetensors'))
+    assert shard['image'].shape[1:] == (96, 128, 3)
+
+    policy = ModelPolicy.from_checkpoint(tuned)
+    spec = make_episode(0, 7)
+    with World(scene=spec.scene) as world:
+        policy.reset(spec.instruction.text)
+        obs = Observation(world, world.odometry().as_tuple(), 0.0)
+        assert policy.act(obs) in ACTIONS
+
+
+def test_resume_continues_from_the_saved_step(data, tmp_path):
+    assert _pretrain(data, tmp_path / 'straight', 6) == 0
+    assert _pretrain(data, tmp_path / 'resumed', 3) == 0
+    state = json.loads((tmp_path / 'resumed' / STATE_DIR / 'state.json').read_text())
+    assert state['step'] == 3
+    assert _pretrain(data, tmp_path / 'resumed', 6) == 0
+    history = _history(tmp_path / 'resumed')
+    assert [row['step'] for row in history] == [2, 3, 4, 6]
+    straight = load_file(str(tmp_path / 'straight' / 'model.safetensors'))
+    resumed = load_file(str(tmp_path / 'resumed' / 'model.safetensors'))
+    for key, value in straight.items():
+        np.testing.assert_allclose(resumed[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.timeout(60)
+def test_pretrain_under_torchrun_with_two_gloo_processes(data, tmp_path):
+    out = tmp_path / 'ddp'
+    env = dict(os.environ, OMP_NUM_THREADS='1', MUJOCO_GL=os.environ.get('MUJOCO_GL', 'egl'))
+    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+               '--master_port', str(29500 + os.getpid() % 1000), '-m', 'vlit_ros.cli',
+               'pretrain', '--data', str(data), '--out', str(out), '--steps', '3',
+               '--batch-size', '4', '--log-every', '1', '--held-out', '4', '--preset', 'tiny',
+               '--threads', '1', '--quiet']
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=55)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    history = _history(out)
+    assert [row['step'] for row in history] == [1, 2, 3]
+    assert (out / 'model.safetensors').is_file() and (out / 'report.png').is_file()

@@ -1,0 +1,198 @@
+"""
+The InstructionExecutor and the instruction-following model built on it.
+
+- `odometry_features`: (x, y, yaw, v, w) in the instruction frame, the unwrapped yaw since
+  the instruction and the time since it -> 8 features of order one.
+- `InstructionExecutor`: MLP over [fused state, odometry features, previous action
+  one-hot] -> logits over `ACTIONS` and a value estimate.
+- `VLITModel`: `VisionLanguageModel` + `InstructionExecutor`; `forward(batch)` for
+  imitation and policy-gradient training, `select_action(batch)` for acting.
+
+Training batches are mappings:
+
+| key | value |
+| --- | --- |
+| `image` | uint8 (B, H, W, 3) array or tensor |
+| `text` | B instruction strings, or `texts` (distinct strings) with `text_index` (B,) |
+| `odom` | (B, 5) x, y, yaw, v, w in the frame where the instruction began |
+| `t` | (B,) seconds since the instruction |
+| `yaw_total` | optional (B,) unwrapped yaw since the instruction (default: `odom` yaw) |
+| `prev_action` | optional (B,) action indices taken one frame before (default: start action) |
+| `action` | optional (B,) target action indices; the loss is their cross-entropy |
+"""
+
+import math
+from typing import Any, Mapping, NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
+from vlit_ros.core.model.config import ExecutorConfig, ModelConfig
+from vlit_ros.core.model.fusion import VisionLanguageModel
+from vlit_ros.core.model.layers import init_weights
+from vlit_ros.core.model.text import TextFeatures
+from vlit_ros.core.model.vision import as_image_batch
+
+ODOMETRY_FEATURES = 8
+
+
+def odometry_features(odom, t, config: ExecutorConfig, yaw_total=None):
+    """
+    Return (B, 8) executor features from odometry (B, 5) and time (B,).
+
+    Features: x and y over `distance_scale_m`, sin and cos of yaw, the unwrapped yaw over pi
+    (turns of up to 360 degrees are ambiguous from sin/cos alone), v, w, and t over
+    `time_scale_s`. Takes torch tensors or numpy arrays and returns the same kind: a policy
+    acting on one robot computes them in numpy, where a dozen tiny torch operations would
+    cost more than the arithmetic.
+    """
+    ops = np if isinstance(odom, np.ndarray) else torch
+    yaw = odom[..., 2]
+    if yaw_total is None:
+        yaw_total = yaw
+    return ops.stack([odom[..., 0] / config.distance_scale_m,
+                      odom[..., 1] / config.distance_scale_m, ops.sin(yaw), ops.cos(yaw),
+                      yaw_total / math.pi, odom[..., 3], odom[..., 4],
+                      t / config.time_scale_s], -1)
+
+
+class ExecutorOutput(NamedTuple):
+    """Action logits (B, NUM_ACTIONS) in the order of `ACTIONS` and value estimates (B,)."""
+
+    logits: torch.Tensor
+    value: torch.Tensor
+
+
+class ActionChoice(NamedTuple):
+    """An action per row with its log-probability, the value, and the full distribution."""
+
+    action: torch.Tensor
+    log_prob: torch.Tensor
+    value: torch.Tensor
+    probabilities: torch.Tensor
+
+
+class InstructionExecutor(nn.Module):
+    """MLP: [fused state, odometry features, previous action one-hot] -> logits, value."""
+
+    def __init__(self, state_dim: int, config: ExecutorConfig):
+        super().__init__()
+        layers = []
+        width = state_dim + ODOMETRY_FEATURES + NUM_ACTIONS
+        for _ in range(config.layers):
+            layers += [nn.Linear(width, config.hidden), nn.GELU(), nn.Dropout(config.dropout)]
+            width = config.hidden
+        self.body = nn.Sequential(*layers)
+        self.policy_head = nn.Linear(width, NUM_ACTIONS)
+        self.value_head = nn.Linear(width, 1)
+        init_weights(self)
+
+    def forward(self, fused: torch.Tensor, odometry: torch.Tensor, prev_action: torch.Tensor,
+                target_actions: Optional[torch.Tensor] = None
+                ) -> Tuple[ExecutorOutput, Optional[torch.Tensor]]:
+        """Return (logits and value, cross-entropy to `target_actions` or None)."""
+        previous = F.one_hot(prev_action, NUM_ACTIONS).to(fused.dtype)
+        hidden = self.body(torch.cat([fused, odometry.to(fused.dtype), previous], -1))
+        output = ExecutorOutput(self.policy_head(hidden), self.value_head(hidden).squeeze(-1))
+        loss = None
+        if target_actions is not None:
+            loss = F.cross_entropy(output.logits.float(), target_actions)
+        return output, loss
+
+
+def _tensor(value, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    return torch.as_tensor(value, dtype=dtype, device=device)
+
+
+class VLITModel(nn.Module):
+    """The instruction-following model: vision-language model + InstructionExecutor."""
+
+    architecture = 'VLITModel'
+
+    def __init__(self, config: ModelConfig, vlm: Optional[VisionLanguageModel] = None):
+        """Build from `config`; pass `vlm` to reuse a (pretrained) vision-language model."""
+        super().__init__()
+        self.config = config
+        self.vlm = vlm if vlm is not None else VisionLanguageModel(config)
+        self.executor = InstructionExecutor(self.vlm.state_dim, config.executor)
+        self.start_action = ACTION_INDEX[config.executor.start_action]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.executor.parameters()).device
+
+    def frame_forward(self, images: torch.Tensor, text: TextFeatures, odometry: torch.Tensor,
+                      prev_action: torch.Tensor) -> ExecutorOutput:
+        """
+        Run the per-frame path on tensors already on the model's device.
+
+        `images` uint8 (B, H, W, 3), `text` encoded instructions, `odometry` the (B, 8)
+        output of `odometry_features`, `prev_action` (B,) indices.
+        """
+        pixels = self.vlm.preprocess(images)
+        fused = self.vlm.fuse(self.vlm.image_tokens(pixels), text)
+        return self.executor(fused, odometry, prev_action)[0]
+
+    def batch_text(self, batch: Mapping[str, Any]) -> TextFeatures:
+        """Encode a batch's instructions, each distinct text once (through the cache)."""
+        if 'text' in batch:
+            return self.vlm.encode_instructions(list(batch['text']))
+        texts = batch['texts']
+        index = _tensor(batch['text_index'], torch.long, torch.device('cpu'))
+        distinct, inverse = torch.unique(index, return_inverse=True)
+        features = self.vlm.encode_instructions([texts[i] for i in distinct.tolist()])
+        return features.index(inverse.to(features.tokens.device))
+
+    def batch_odometry(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Return the (B, 8) odometry features of a batch."""
+        device = self.device
+        yaw_total = batch.get('yaw_total')
+        return odometry_features(
+            _tensor(batch['odom'], torch.float32, device), _tensor(batch['t'], torch.float32,
+                                                                   device),
+            self.config.executor,
+            None if yaw_total is None else _tensor(yaw_total, torch.float32, device))
+
+    def forward(self, batch: Mapping[str, Any]
+                ) -> Tuple[ExecutorOutput, Optional[torch.Tensor]]:
+        """Return (logits and values, cross-entropy to `batch['action']` or None)."""
+        device = self.device
+        images = as_image_batch(batch['image'], device)
+        size = images.shape[0]
+        prev_action = batch.get('prev_action')
+        prev_action = torch.full((size,), self.start_action, dtype=torch.long, device=device) \
+            if prev_action is None else _tensor(prev_action, torch.long, device)
+        targets = batch.get('action')
+        if targets is not None:
+            targets = _tensor(targets, torch.long, device)
+        pixels = self.vlm.preprocess(images)
+        fused = self.vlm.fuse(self.vlm.image_tokens(pixels), self.batch_text(batch))
+        return self.executor(fused, self.batch_odometry(batch), prev_action, targets)
+
+    @torch.no_grad()
+    def select_action(self, obs_batch: Mapping[str, Any], greedy: bool = True,
+                      temperature: float = 1.0,
+                      generator: Optional[torch.Generator] = None) -> ActionChoice:
+        """
+        Choose an action per row of a batch (same keys as `forward`, `action` ignored).
+
+        The distribution is softmax(logits / temperature); greedy takes its mode, otherwise
+        an action is sampled (with `generator` when given). `log_prob` is the chosen action's
+        log-probability under that distribution.
+        """
+        if not (math.isfinite(temperature) and temperature > 0.0):
+            raise ValueError(f'temperature must be a positive number, got {temperature!r}')
+        output, _ = self({key: value for key, value in obs_batch.items() if key != 'action'})
+        log_probs = F.log_softmax(output.logits.float() / temperature, dim=-1)
+        probabilities = log_probs.exp()
+        if greedy:
+            action = probabilities.argmax(-1)
+        else:
+            action = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+        return ActionChoice(action, log_probs.gather(1, action.unsqueeze(1)).squeeze(1),
+                            output.value.float(), probabilities)

@@ -1,0 +1,181 @@
+"""
+In-memory datasets read from gen-data shards (and DAgger shards): captions and trajectories.
+
+Images stay uint8 (N x H x W x 3) until a batch is drawn; they are resized once at load time
+when the model's input size differs from the stored one.
+"""
+
+from dataclasses import dataclass
+import math
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from vlit_ros.sim.scene import Scene
+from vlit_ros.sim.tasks import GotoTask, MoveTask, task_from_dict, TurnTask
+from vlit_ros.training.captions import visible_objects
+from vlit_ros.training.shards import iter_shards, read_shard
+
+
+def resize_images(images: np.ndarray, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    """Resize N x H x W x 3 images to (height, width) unless they already have that size."""
+    if size is None or tuple(images.shape[1:3]) == tuple(size):
+        return images
+    height, width = size
+    interpolation = cv2.INTER_AREA if images.shape[1] > height else cv2.INTER_LINEAR
+    out = np.empty((images.shape[0], height, width, 3), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = cv2.resize(image, (width, height), interpolation=interpolation)
+    return out
+
+
+@dataclass
+class CaptionSet:
+    """Images with a true caption and a false (hard negative) caption each."""
+
+    images: np.ndarray
+    captions: List[str]
+    negatives: List[str]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @classmethod
+    def load(cls, roots: Iterable[Path], size: Optional[Tuple[int, int]] = None,
+             limit: Optional[int] = None) -> 'CaptionSet':
+        """Read the caption shards of one or more dataset directories (at most `limit`)."""
+        images, texts, negatives = [], [], []
+        count = 0
+        for root in roots:
+            for arrays, meta in iter_shards(root, 'captions'):
+                take = len(meta['captions']) if limit is None else \
+                    min(len(meta['captions']), limit - count)
+                images.append(resize_images(arrays['image'][:take], size))
+                texts += meta['captions'][:take]
+                negatives += meta['negatives'][:take]
+                count += take
+                if limit is not None and count >= limit:
+                    break
+        if not texts:
+            raise ValueError(f'no caption shards in {", ".join(str(r) for r in roots)}')
+        return cls(np.concatenate(images), texts, negatives)
+
+
+# Per-frame arrays of a trajectory set.
+_FRAME_ARRAYS = ('image', 'odom', 'pose', 'yaw_total', 't', 'expert_action', 'taken_action',
+                 'step')
+# Auxiliary regression targets of a frame (see `auxiliary_targets`).
+AUXILIARY_TARGETS = ('goto_bearing', 'goto_log_distance', 'goto_visible', 'turn_angle',
+                     'move_distance')
+
+
+def auxiliary_targets(episode: dict, poses: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Return (targets, mask), both (frames, 5), of one episode's frames from ground truth.
+
+    goto: the target's bearing from the optical axis (over half the field of view) and log
+    distance while it is in view, and whether it is in view; turn: the requested angle over
+    pi; move: the requested distance over 2 m. Other entries are masked out. They train an
+    auxiliary head on the fused state, so that state learns to carry what the executor
+    needs: where the named object is, and how far to turn or drive.
+    """
+    frames = poses.shape[0]
+    targets = np.zeros((frames, len(AUXILIARY_TARGETS)), np.float32)
+    mask = np.zeros_like(targets, dtype=bool)
+    task = task_from_dict(episode['task'])
+    if isinstance(task, TurnTask):
+        targets[:, 3] = math.radians(task.angle_deg) / math.pi
+        mask[:, 3] = True
+    elif isinstance(task, MoveTask):
+        targets[:, 4] = task.distance_m / 2.0
+        mask[:, 4] = True
+    elif isinstance(task, GotoTask):
+        scene = Scene.generate(episode['seed'])
+        target = task.target(scene)
+        half_fov = math.radians(scene.robot.camera_hfov_deg / 2.0)
+        for row, pose in enumerate(poses):
+            seen = [v for v in visible_objects(scene, tuple(float(p) for p in pose))
+                    if (v.color, v.shape) == (target.color, target.shape)]
+            mask[row, 2] = True
+            if seen:
+                targets[row, :3] = (math.radians(seen[0].bearing_deg) / half_fov,
+                                    math.log(max(seen[0].distance, 0.1)), 1.0)
+                mask[row, :2] = True
+    return targets, mask
+
+
+@dataclass
+class TrajectorySet:
+    """
+    Frames of expert-labelled episodes: the imitation dataset.
+
+    `text_index[i]` points into `texts`; `prev_action[i]` is the action taken at the frame
+    before (`start_action` on an episode's first frame); `family[i]` indexes `families`;
+    `auxiliary[i]` and `auxiliary_mask[i]` are the frame's auxiliary targets.
+    """
+
+    arrays: Dict[str, np.ndarray]
+    texts: List[str]
+    text_index: np.ndarray
+    prev_action: np.ndarray
+    family: np.ndarray
+    families: Tuple[str, ...]
+    auxiliary: np.ndarray
+    auxiliary_mask: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.text_index.shape[0])
+
+    @classmethod
+    def from_shards(cls, shards: Iterable[Tuple[Dict[str, np.ndarray], dict]],
+                    families: Sequence[str], start_action: int,
+                    size: Optional[Tuple[int, int]] = None) -> 'TrajectorySet':
+        columns: Dict[str, List[np.ndarray]] = {name: [] for name in _FRAME_ARRAYS}
+        text_ids: Dict[str, int] = {}
+        text_index, prev, family, auxiliary, auxiliary_mask = [], [], [], [], []
+        for arrays, meta in shards:
+            frames = arrays['step'].shape[0]
+            if frames == 0:
+                continue
+            per_frame_text = np.empty(frames, np.int64)
+            per_frame_family = np.empty(frames, np.int64)
+            targets = np.zeros((frames, len(AUXILIARY_TARGETS)), np.float32)
+            mask = np.zeros_like(targets, dtype=bool)
+            for episode in meta['episodes']:
+                span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
+                per_frame_text[span] = text_ids.setdefault(episode['text'], len(text_ids))
+                per_frame_family[span] = families.index(episode['family'])
+                targets[span], mask[span] = auxiliary_targets(episode, arrays['pose'][span])
+            auxiliary.append(targets)
+            auxiliary_mask.append(mask)
+            taken = arrays['taken_action']
+            shifted = np.concatenate([[start_action], taken[:-1]])
+            prev.append(np.where(arrays['step'] == 0, start_action, shifted))
+            text_index.append(per_frame_text)
+            family.append(per_frame_family)
+            for name in _FRAME_ARRAYS:
+                column = arrays[name]
+                columns[name].append(resize_images(column, size) if name == 'image' else column)
+        if not text_index:
+            raise ValueError('no trajectory frames found')
+        return cls({k: np.concatenate(v) for k, v in columns.items()}, list(text_ids),
+                   np.concatenate(text_index), np.concatenate(prev).astype(np.int64),
+                   np.concatenate(family), tuple(families), np.concatenate(auxiliary),
+                   np.concatenate(auxiliary_mask))
+
+    @classmethod
+    def load(cls, roots: Iterable[Path], families: Sequence[str], start_action: int,
+             size: Optional[Tuple[int, int]] = None,
+             extra_shards: Iterable[Path] = ()) -> 'TrajectorySet':
+        """Read the trajectory shards of dataset directories plus extra shard paths."""
+        def shards():
+            for root in roots:
+                yield from iter_shards(root, 'trajectories')
+            for stem in extra_shards:
+                yield read_shard(stem)
+        return cls.from_shards(shards(), families, start_action, size)
+
+    def family_counts(self) -> Dict[str, int]:
+        return {f: int((self.family == i).sum()) for i, f in enumerate(self.families)}

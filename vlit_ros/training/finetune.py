@@ -1,0 +1,365 @@
+"""
+`vlit-ros finetune`: instruction tuning by imitation of the expert, then DAgger.
+
+Stage 2 of training (DESIGN.md §4). The model (from a pretrained checkpoint, or built from a
+preset) learns the expert's action by cross-entropy on gen-data's trajectory frames
+(behaviour cloning). Then each DAgger round rolls the learner out in the simulator on fresh
+training scenes, labels every visited state with the expert, adds the frames to the data and
+trains on the aggregate.
+
+Three things make this learnable in a CPU budget:
+
+- batches mix the families in fixed shares, so the short families are not drowned by goto;
+- frames where the expert changes action are drawn more often (`--change-weight`): they are
+  the few that decide when to stop or steer, and without them the model learns to repeat
+  its previous action;
+- a training-only auxiliary head regresses, from the fused state, where the named object is
+  (bearing, distance, in view or not) and how far the instruction asks to turn or drive
+  (`--auxiliary-weight`); the head is not part of the checkpoint.
+
+The run is a sequence of stages (cloning, then per round: rollouts, training), each ending
+with a checkpoint, so an interrupted run resumes where it stopped; the rollouts of a round
+are written as shards under `OUT/dagger/` and reused on resume.
+"""
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+import random
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlit_ros.core.actions import ACTIONS
+from vlit_ros.core.model import (as_image_batch, load_checkpoint, load_weights_from_bytes,
+                                 PretrainingModel, save_checkpoint, VLITModel)
+from vlit_ros.core.model.checkpoint import WEIGHTS_FILE
+from vlit_ros.core.policy import ModelPolicy
+from vlit_ros.sim.episode import make_episode, TRAINING_SEED_BASE
+from vlit_ros.sim.scene import Scene
+from vlit_ros.sim.tasks import FAMILIES
+from vlit_ros.training import loop
+from vlit_ros.training.datagen import FAMILY_PLAN
+from vlit_ros.training.datasets import AUXILIARY_TARGETS, TrajectorySet
+from vlit_ros.training.phrasings import training_instruction
+from vlit_ros.training.presets import model_config, PRESETS, TEXT_ENCODERS
+from vlit_ros.training.report import family_rates, write_report
+from vlit_ros.training.shards import read_json, shard_finished, write_json, write_shard
+
+# DAgger scenes: seeds from here on (gen-data's scenes use offsets 0 and 200,000).
+DAGGER_SEED_OFFSET = 400_000
+DAGGER_SEEDS_PER_ROUND = 20_000
+# Share of each family in a batch.
+FAMILY_SHARES: Dict[str, float] = {'goto': 0.5, 'turn': 0.2, 'move': 0.2, 'stop': 0.1}
+# Scene seed of the evaluation that ends a run (an evaluation seed, below the training ones).
+EVAL_SEED = 100_000
+
+
+@dataclass(frozen=True)
+class DaggerSchedule:
+    """How many DAgger rounds, and what each does."""
+
+    rounds: int
+    episodes: int
+    steps: int
+    beta: float
+    parallel: int
+
+    def round_end(self, bc_steps: int, round_index: int) -> int:
+        """Return the global step at which training on round `round_index` ends."""
+        return bc_steps + (round_index + 1) * self.steps
+
+    def beta_of(self, round_index: int) -> float:
+        """Expert-execution probability of a round: halves every round."""
+        return self.beta * 0.5 ** round_index
+
+
+def build_model(args) -> VLITModel:
+    """Build the VLITModel from a pretrained checkpoint (`--init`) or from a preset."""
+    if args.init:
+        pretrained = load_checkpoint(args.init)
+        if isinstance(pretrained, PretrainingModel):
+            return VLITModel(pretrained.config, vlm=pretrained.vlm)
+        return pretrained
+    return VLITModel(model_config(args.preset, args.text_encoder))
+
+
+class FamilyBatches:
+    """
+    Draws batches with fixed family shares, deterministically per (seed, step, rank).
+
+    Within a family, frames where the expert changes action (its label differs from the
+    previous action) are drawn `change_weight` times as often as the others. They are the
+    few frames that decide when to stop or turn; without the extra weight the model learns
+    to repeat its previous action, which is right almost everywhere else.
+    """
+
+    def __init__(self, data: TrajectorySet, batch_size: int, seed: int,
+                 context: loop.DistributedContext, change_weight: float = 1.0):
+        self.data = data
+        self.seed = seed
+        self.context = context
+        self.pools: List[Tuple[np.ndarray, int, np.ndarray]] = []
+        present = [f for f in FAMILIES if (data.family == FAMILIES.index(f)).any()]
+        total = sum(FAMILY_SHARES[f] for f in present)
+        remaining = batch_size
+        changes = data.arrays['expert_action'] != data.prev_action
+        for position, family in enumerate(present):
+            rows = np.flatnonzero(data.family == FAMILIES.index(family))
+            count = remaining if position == len(present) - 1 else \
+                max(1, round(batch_size * FAMILY_SHARES[family] / total))
+            count = min(count, remaining)
+            remaining -= count
+            weights = np.where(changes[rows], change_weight, 1.0)
+            if count:
+                self.pools.append((rows, count, weights / weights.sum()))
+
+    def indices(self, step: int) -> np.ndarray:
+        parts = []
+        for index, (rows, count, probabilities) in enumerate(self.pools):
+            rng = np.random.default_rng([self.seed, step, self.context.rank, index])
+            parts.append(rows[rng.choice(len(rows), size=count, p=probabilities)])
+        return np.concatenate(parts)
+
+    def batch(self, step: int) -> dict:
+        rows = self.indices(step)
+        arrays = self.data.arrays
+        return {'image': arrays['image'][rows], 'texts': self.data.texts,
+                'text_index': self.data.text_index[rows], 'odom': arrays['odom'][rows],
+                't': arrays['t'][rows], 'yaw_total': arrays['yaw_total'][rows],
+                'prev_action': self.data.prev_action[rows],
+                'action': arrays['expert_action'][rows],
+                'auxiliary': self.data.auxiliary[rows],
+                'auxiliary_mask': self.data.auxiliary_mask[rows]}
+
+
+def auxiliary_head(state_dim: int) -> nn.Module:
+    """Return the training-only head that regresses the auxiliary targets from the state."""
+    return nn.Sequential(nn.Linear(state_dim, 128), nn.GELU(),
+                         nn.Linear(128, len(AUXILIARY_TARGETS)))
+
+
+def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
+                     auxiliary_weight: float) -> Dict[str, torch.Tensor]:
+    """
+    Return the action cross-entropy plus the weighted auxiliary loss, and metrics.
+
+    The forward pass is `VLITModel.forward` spelled out, so that the fused state also feeds
+    the auxiliary head.
+    """
+    device = model.device
+    vlm = model.vlm
+    images = as_image_batch(batch['image'], device)
+    fused = vlm.fuse(vlm.image_tokens(vlm.preprocess(images)), model.batch_text(batch))
+    targets = torch.as_tensor(batch['action'], device=device)
+    output, action_loss = model.executor(
+        fused, model.batch_odometry(batch),
+        torch.as_tensor(batch['prev_action'], device=device), targets)
+    losses = {'loss_action': action_loss.detach(),
+              'accuracy': (output.logits.argmax(-1) == targets).float().mean().detach()}
+    total = action_loss
+    if head is not None:
+        mask = torch.as_tensor(batch['auxiliary_mask'], device=device)
+        wanted = torch.as_tensor(batch['auxiliary'], device=device)
+        error = (head(fused) - wanted).pow(2) * mask
+        auxiliary = error.sum() / mask.sum().clamp_min(1)
+        losses['loss_auxiliary'] = auxiliary.detach()
+        total = total + auxiliary_weight * auxiliary
+    losses['loss'] = total
+    return losses
+
+
+def dagger_specs(seed_base: int, round_index: int, episodes: int,
+                 context: loop.DistributedContext):
+    """Return this rank's share of a round's episodes: (specs, global episode ids)."""
+    specs, ids = [], []
+    for k in range(context.rank, episodes, context.world_size):
+        seed = seed_base + DAGGER_SEED_OFFSET + round_index * DAGGER_SEEDS_PER_ROUND + k
+        scene = Scene.generate(seed)
+        family = FAMILY_PLAN[k % len(FAMILY_PLAN)]
+        instruction = training_instruction(scene, family, random.Random(seed))
+        specs.append(make_episode(0, seed, [instruction]))
+        ids.append(k)
+    return specs, ids
+
+
+def round_shards(out: Path, round_index: int, world_size: int) -> List[Path]:
+    return [out / 'dagger' / f'round_{round_index:02d}' / f'rank_{rank:03d}'
+            for rank in range(world_size)]
+
+
+def run_rollouts(model: VLITModel, out: Path, round_index: int, schedule: DaggerSchedule,
+                 args, context: loop.DistributedContext) -> dict:
+    """Collect (or reuse) this rank's rollouts of a round; return a summary of them."""
+    from vlit_ros.training.dagger import collect
+    stem = round_shards(out, round_index, context.world_size)[context.rank]
+    if not shard_finished(stem):
+        specs, ids = dagger_specs(TRAINING_SEED_BASE, round_index, schedule.episodes, context)
+        policy = ModelPolicy(model, context.device)
+        buffer = collect(policy, specs, ids, schedule.beta_of(round_index),
+                         seed=args.seed * 1000 + round_index * 10 + context.rank,
+                         parallel=schedule.parallel,
+                         progress=context.is_main and not args.quiet)
+        model.train()
+        image_shape = specs[0].scene.robot.image_height, specs[0].scene.robot.image_width, 3
+        write_shard(stem, buffer.arrays(image_shape),
+                    {'kind': 'trajectories', 'records': len(buffer),
+                     'episodes': buffer.episodes, 'round': round_index,
+                     'beta': schedule.beta_of(round_index)})
+    meta = read_json(stem.with_suffix('.json'))
+    learner = sum(e['learner_steps'] for e in meta['episodes'])
+    return {'round': round_index, 'frames': meta['records'], 'learner_steps': learner,
+            'episodes': len(meta['episodes'])}
+
+
+def evaluate_model(model: VLITModel, episodes: int, seed: int, device, progress: bool
+                   ) -> Optional[dict]:
+    """Success rates of the model on generated episodes (all families), or None for 0."""
+    if episodes <= 0:
+        return None
+    from vlit_ros.evaluation import evaluate, format_table
+    summary = evaluate(ModelPolicy(model, device), episodes, seed, progress=progress)
+    model.train()
+    print(format_table(summary, f'evaluation: {episodes} episodes, seed {seed}'))
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--data', action='append', required=True, metavar='DIR',
+                        help='gen-data directory with trajectory shards (repeatable)')
+    parser.add_argument('--init', default=None, metavar='DIR',
+                        help='start from this checkpoint (a pretrain output, usually); '
+                             'without it the model is built from --preset')
+    parser.add_argument('--preset', choices=PRESETS, default='cpu',
+                        help='model size without --init (default: cpu)')
+    parser.add_argument('--text-encoder', choices=TEXT_ENCODERS, default='minilm',
+                        help='text encoder without --init (default: minilm)')
+    loop.add_common_arguments(parser, steps=3000, batch_size=64, lr=1e-3)
+    parser.add_argument('--warmup', type=int, default=100, help='warm-up steps (default: 100)')
+    parser.add_argument('--change-weight', type=float, default=5.0,
+                        help='how much more often frames where the expert changes action are '
+                             'drawn (default: 5)')
+    parser.add_argument('--auxiliary-weight', type=float, default=1.0,
+                        help='weight of the auxiliary loss on the fused state (target bearing '
+                             'and distance, requested angle or distance; default: 1; 0: none)')
+    parser.add_argument('--dagger-rounds', type=int, default=3,
+                        help='DAgger rounds after cloning (default: 3; 0: cloning only)')
+    parser.add_argument('--dagger-episodes', type=int, default=150,
+                        help='learner episodes rolled out per round (default: 150)')
+    parser.add_argument('--dagger-steps', type=int, default=600,
+                        help='training steps after each round (default: 600)')
+    parser.add_argument('--dagger-beta', type=float, default=0.3,
+                        help='probability of executing the expert in round 1, halved each '
+                             'round (default: 0.3)')
+    parser.add_argument('--dagger-parallel', type=int, default=8,
+                        help='worlds rolled out together (default: 8)')
+    parser.add_argument('--eval-episodes', type=int, default=100,
+                        help='episodes of the closing evaluation (default: 100; 0: none)')
+
+
+def run(args: argparse.Namespace) -> int:
+    context = loop.init_distributed(args.device)
+    try:
+        return _run(args, context)
+    except ValueError as exc:
+        print(f'vlit-ros finetune: error: {exc}', file=sys.stderr)
+        return 2
+    finally:
+        loop.shutdown_distributed(context)
+
+
+def _run(args, context: loop.DistributedContext) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    started = time.perf_counter()
+    loop.seed_everything(args.seed)
+    schedule = DaggerSchedule(args.dagger_rounds, args.dagger_episodes, args.dagger_steps,
+                              args.dagger_beta, args.dagger_parallel)
+    model = build_model(args).to(context.device)
+    start_action = model.start_action
+    image_size = (model.config.vision.image_height, model.config.vision.image_width)
+    roots = [Path(d) for d in args.data]
+
+    def load_data(rounds_done: int) -> FamilyBatches:
+        extra = [stem for r in range(rounds_done)
+                 for stem in round_shards(out, r, context.world_size)]
+        data = TrajectorySet.load(roots, FAMILIES, start_action, size=image_size,
+                                  extra_shards=extra)
+        return FamilyBatches(data, args.batch_size, args.seed, context, args.change_weight)
+
+    head = auxiliary_head(model.vlm.state_dim).to(context.device) \
+        if args.auxiliary_weight > 0 else None
+
+    def loss_fn(m, step):
+        return imitation_losses(m, head, batches.batch(step), args.auxiliary_weight)
+
+    trainer = loop.Trainer(model, loss_fn, lambda d: save_checkpoint(model, d), out, context,
+                           'finetune', progress=not args.quiet, auxiliary=head)
+    if trainer.resume():
+        if not (out / WEIGHTS_FILE).is_file():
+            raise ValueError(f'{out} has a training state but no checkpoint to resume from')
+        load_weights_from_bytes(model, (out / WEIGHTS_FILE).read_bytes(), str(out))
+        if context.is_main:
+            print(f'resuming {out} at step {trainer.step}')
+    rounds_done = int(trainer.extra.get('rounds_done', 0))
+    trainer.extra.setdefault('rounds', [])
+    batches = load_data(rounds_done)
+    if context.is_main:
+        counts = batches.data.family_counts()
+        print(f'imitation data: {len(batches.data)} frames {counts}, '
+              f'{len(batches.data.texts)} distinct instructions')
+    trainer.train(loop.LoopConfig(args.steps, args.lr, args.warmup, 0, args.steps,
+                                  log_every=args.log_every,
+                                  checkpoint_every=args.checkpoint_every), 'cloning')
+    if trainer.step == args.steps and rounds_done == 0:
+        trainer.checkpoint()
+    for round_index in range(schedule.rounds):
+        end = schedule.round_end(args.steps, round_index)
+        if round_index >= rounds_done:
+            summary = run_rollouts(model, out, round_index, schedule, args, context)
+            context.barrier()
+            rounds_done = round_index + 1
+            trainer.extra['rounds_done'] = rounds_done
+            trainer.extra['rounds'].append(dict(summary, step=trainer.step))
+            trainer.checkpoint()
+            batches = load_data(rounds_done)
+            if context.is_main:
+                print(f'DAgger round {round_index + 1}: {summary["frames"]} frames '
+                      f'(rank 0), {len(batches.data)} in total')
+        trainer.train(loop.LoopConfig(end, args.lr * 0.5, args.warmup // 2, end - schedule.steps,
+                                      end, log_every=args.log_every,
+                                      checkpoint_every=args.checkpoint_every),
+                      f'DAgger round {round_index + 1}')
+    trainer.checkpoint()
+    trainer.close()
+    if context.is_main:
+        _finish(model, trainer, args, out, schedule, time.perf_counter() - started, context)
+    return 0
+
+
+def _finish(model, trainer, args, out: Path, schedule: DaggerSchedule, seconds: float,
+            context) -> None:
+    evaluation = evaluate_model(model, args.eval_episodes, EVAL_SEED, context.device,
+                                not args.quiet)
+    markers = [schedule.round_end(args.steps, r) - schedule.steps for r in range(schedule.rounds)]
+    rates, rates_title = None, ''
+    if evaluation is not None:
+        rates = family_rates(evaluation)
+        rates_title = (f'success, {evaluation["episodes_total"]} episodes (seed {EVAL_SEED}): '
+                       f'{100.0 * evaluation["success_rate"]:.0f}% overall')
+    write_report(out / 'report.png', trainer.history, f'finetune: {out.name}', rates,
+                 rates_title, markers=markers, marker_label='DAgger round')
+    record = {'stage': 'finetune', 'steps': trainer.step, 'seconds_this_run': round(seconds, 1),
+              'dagger_rounds': trainer.extra.get('rounds', []),
+              'args': {k: v for k, v in vars(args).items() if k != 'func'},
+              'actions': list(ACTIONS)}
+    if evaluation is not None:
+        record['evaluation'] = {k: evaluation[k] for k in
+                                ('seed', 'episodes_total', 'success_rate', 'per_family')}
+    write_json(out / 'training.json', record)
+    print(f'wrote {out} (checkpoint, report.png, training.json) in {seconds / 60:.1f} min')

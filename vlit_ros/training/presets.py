@@ -1,0 +1,49 @@
+"""
+Model configurations for training: the CPU-sized model the default checkpoint ships, and more.
+
+`ModelConfig()` (the model package's default) is sized for a GPU. On the 2-core machine the
+default checkpoint is trained on, a training step of that model at batch 64 takes several
+times longer than the `cpu` preset's; the `cpu` preset keeps the design (ViT patch tokens,
+projector into MiniLM's space, cross-attention fusion, MLP executor) at a width and depth
+that trains in the one-hour budget. `tiny` is for tests and smoke runs only.
+"""
+
+from vlit_ros.core.model import (ExecutorConfig, FusionConfig, ModelConfig, PretrainConfig,
+                                 TextConfig, VisionConfig)
+
+PRESETS = ('cpu', 'default', 'tiny')
+TEXT_ENCODERS = ('minilm', 'builtin')
+# Instruction and caption embeddings cached during training: more than the distinct
+# instructions of a dataset (about a thousand), so the frozen encoder runs once per text.
+TRAINING_TEXT_CACHE = 4096
+
+
+def model_config(preset: str = 'cpu', text_encoder: str = 'minilm') -> ModelConfig:
+    """Return the model configuration of a preset with the chosen text encoder."""
+    if preset not in PRESETS:
+        raise ValueError(f'unknown model preset {preset!r}; expected one of {PRESETS}')
+    if text_encoder not in TEXT_ENCODERS:
+        raise ValueError(f'unknown text encoder {text_encoder!r}; expected one of '
+                         f'{TEXT_ENCODERS}')
+    text = TextConfig(kind=text_encoder, cache_size=TRAINING_TEXT_CACHE)
+    if preset == 'default':
+        return ModelConfig(text=text)
+    if preset == 'tiny':
+        if text_encoder == 'builtin':
+            text = TextConfig(kind='builtin', cache_size=TRAINING_TEXT_CACHE, dim=32, depth=1,
+                              heads=2, mlp_ratio=2.0)
+        return ModelConfig(
+            vision=VisionConfig(patch_size=16, dim=32, depth=1, heads=2, mlp_ratio=2.0),
+            text=text,
+            fusion=FusionConfig(projector_hidden=32, dim=32, depth=1, heads=2, mlp_ratio=2.0),
+            executor=ExecutorConfig(hidden=32, layers=1),
+            pretrain=PretrainConfig(mlm_dim=32, mlm_heads=2, itm_hidden=32))
+    if text_encoder == 'builtin':
+        text = TextConfig(kind='builtin', cache_size=TRAINING_TEXT_CACHE, dim=128, depth=2,
+                          heads=4, mlp_ratio=2.0)
+    return ModelConfig(
+        vision=VisionConfig(patch_size=16, dim=128, depth=3, heads=4, mlp_ratio=2.0),
+        text=text,
+        fusion=FusionConfig(projector_hidden=256, dim=128, depth=2, heads=4, mlp_ratio=2.0),
+        executor=ExecutorConfig(hidden=256, layers=2),
+        pretrain=PretrainConfig(mlm_dim=128, mlm_heads=4, itm_hidden=128))

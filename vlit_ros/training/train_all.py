@@ -1,0 +1,139 @@
+"""
+`vlit-ros train-all`: gen-data, pretrain and finetune (with DAgger) in one command.
+
+    vlit-ros train-all --out runs/default --install vlit_ros/checkpoints/default
+
+reproduces the shipped default checkpoint from scratch. Each stage is the stand-alone
+command with the defaults shown by `--help`, so a stage can also be rerun on its own; every
+stage resumes, so rerunning an interrupted train-all continues where it stopped. `--install`
+copies the inference checkpoint (config.json, model.safetensors), the report and a training
+card into a directory. Ablations: `--no-pretrain`, `--dagger-rounds 0`,
+`--text-encoder builtin`.
+"""
+
+import argparse
+import json
+from pathlib import Path
+import shutil
+import sys
+import time
+from typing import List
+
+from vlit_ros.core.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from vlit_ros.training import datagen, finetune, pretrain
+from vlit_ros.training.presets import TEXT_ENCODERS
+from vlit_ros.training.shards import write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--out', required=True,
+                        help='run directory: data/, pretrain/, finetune/, train_all.json')
+    parser.add_argument('--data', default=None, metavar='DIR',
+                        help='gen-data directory (default: OUT/data; reused when complete)')
+    parser.add_argument('--workers', type=int, default=2, help='gen-data processes (default: 2)')
+    parser.add_argument('--seed', type=int, default=0, help='training seed (default: 0)')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='torch CPU threads (default: 0, torch decides)')
+    parser.add_argument('--text-encoder', choices=TEXT_ENCODERS, default='minilm',
+                        help='text encoder (default: minilm)')
+    parser.add_argument('--no-pretrain', action='store_true',
+                        help='ablation: fine-tune from a randomly initialised model')
+    parser.add_argument('--pretrain-steps', type=int, default=None,
+                        help='pretraining steps (default: as vlit-ros pretrain)')
+    parser.add_argument('--finetune-steps', type=int, default=None,
+                        help='behaviour-cloning steps (default: as vlit-ros finetune)')
+    parser.add_argument('--dagger-rounds', type=int, default=None,
+                        help='DAgger rounds (default: as vlit-ros finetune; 0: none)')
+    parser.add_argument('--install', default=None, metavar='DIR',
+                        help='copy the final checkpoint, report and a training card here')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def _stage_args(module, argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data) if args.data else out / 'data'
+    common = ['--seed', str(args.seed), '--threads', str(args.threads)] + \
+        (['--quiet'] if args.quiet else [])
+    times = {}
+    started = time.perf_counter()
+    stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
+               (['--quiet'] if args.quiet else []))]
+    finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
+                     '--text-encoder', args.text_encoder] + common
+    if not args.no_pretrain:
+        pretrain_argv = ['--data', str(data), '--out', str(out / 'pretrain'),
+                         '--text-encoder', args.text_encoder] + common
+        if args.pretrain_steps is not None:
+            pretrain_argv += ['--steps', str(args.pretrain_steps)]
+        stages.append(('pretrain', pretrain, pretrain_argv))
+        finetune_argv += ['--init', str(out / 'pretrain')]
+    if args.finetune_steps is not None:
+        finetune_argv += ['--steps', str(args.finetune_steps)]
+    if args.dagger_rounds is not None:
+        finetune_argv += ['--dagger-rounds', str(args.dagger_rounds)]
+    stages.append(('finetune', finetune, finetune_argv))
+    for name, module, argv in stages:
+        print(f'== {name}: vlit-ros {name} {" ".join(argv)}', flush=True)
+        stage_started = time.perf_counter()
+        code = module.run(_stage_args(module, argv))
+        times[name] = round(time.perf_counter() - stage_started, 1)
+        if code:
+            print(f'vlit-ros train-all: {name} failed (exit {code})', file=sys.stderr)
+            return code
+    total = round(time.perf_counter() - started, 1)
+    record = {'command': 'vlit-ros train-all ' + ' '.join(sys.argv[2:]),
+              'stage_seconds': times, 'total_seconds': total,
+              'stages': {name: argv for name, _, argv in stages}}
+    write_json(out / 'train_all.json', record)
+    print(f'train-all finished in {total / 60:.1f} min: ' +
+          ', '.join(f'{k} {v / 60:.1f} min' for k, v in times.items()))
+    if args.install:
+        install(out, data, Path(args.install), record)
+    return 0
+
+
+def install(out: Path, data: Path, target: Path, record: dict) -> None:
+    """Copy the final checkpoint, its report and a training card into `target`."""
+    source = out / 'finetune'
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, 'report.png'):
+        shutil.copyfile(source / name, target / name)
+    training = json.loads((source / 'training.json').read_text())
+    manifest = json.loads((data / 'manifest.json').read_text())
+    (target / 'README.md').write_text(training_card(record, training, manifest))
+    print(f'installed the checkpoint in {target}')
+
+
+def training_card(record: dict, training: dict, manifest: dict) -> str:
+    """Return the Markdown training card of an installed checkpoint."""
+    lines = ['# Default checkpoint: training card', '',
+             f'Produced by `{record["command"]}` in {record["total_seconds"] / 60:.1f} min '
+             '(' + ', '.join(f'{k} {v / 60:.1f} min' for k, v in
+                             record['stage_seconds'].items()) + ').', '',
+             '## Data', '']
+    counts = manifest['counts']
+    seeds = manifest['seed_ranges']
+    lines += [f'- {counts["caption_views"]} captioned views from scene seeds '
+              f'{seeds["captions"][0]}-{seeds["captions"][1]}',
+              f'- {counts["trajectory_episodes"]} expert episodes ({counts["trajectory_frames"]} '
+              f'frames) from scene seeds {seeds["trajectories"][0]}-{seeds["trajectories"][1]}',
+              f'- DAgger: {len(training["dagger_rounds"])} rounds on scene seeds from '
+              f'{finetune.DAGGER_SEED_OFFSET + manifest["config"]["seed_base"]}', '',
+              'All training seeds are >= 1,000,000; evaluation seeds stay below.', '']
+    evaluation = training.get('evaluation')
+    if evaluation:
+        lines += [f'## Closing evaluation ({evaluation["episodes_total"]} episodes, seed '
+                  f'{evaluation["seed"]})', '', '| family | success |', '| --- | --- |']
+        lines += [f'| {family} | {100 * row["success_rate"]:.0f}% |'
+                  for family, row in evaluation['per_family'].items()]
+        lines += ['', 'The full results table (200+ episodes per family, unseen phrasings, '
+                  'ablations) is in docs/TRAINING.md.', '']
+    lines += ['![loss curves and evaluation](report.png)', '']
+    return '\n'.join(lines)
