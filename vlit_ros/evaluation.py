@@ -17,7 +17,8 @@ import cv2
 from tqdm import tqdm
 
 from vlit_ros.policies import load_policy
-from vlit_ros.sim.episode import EpisodeResult, make_episode, run_episode, TRAINING_SEED_BASE
+from vlit_ros.sim.episode import EpisodeResult, make_episode, run_episode, \
+    run_episodes_batched, TRAINING_SEED_BASE
 from vlit_ros.sim.scene import RobotSpec
 from vlit_ros.sim.tasks import FAMILIES, GotoTask, load_instructions
 from vlit_ros.sim.video import compose_frame, EpisodeVideo
@@ -45,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--world', choices=('nominal', 'shifted'), default='nominal',
                         help='shifted: camera mount yawed 20 degrees, left wheel 30%% weaker')
     parser.add_argument('--device', default='cpu', help='torch device for --policy model')
+    parser.add_argument('--batch', type=int, default=16,
+                        help='episodes run in lockstep with one batched forward pass a step, '
+                             'for --policy model (default: 16; 1: one at a time)')
     parser.add_argument('--json', default=None, metavar='OUT.json', help='write results here')
     parser.add_argument('--video', default=None, metavar='DIR',
                         help='write one MP4 per episode into DIR')
@@ -94,37 +98,49 @@ def format_table(summary: Dict, title: str = '') -> str:
 def evaluate(policy, episodes: int, seed: int, instructions=None,
              robot: Optional[RobotSpec] = None, families: Sequence[str] = FAMILIES,
              held_out: bool = False, video_dir: Optional[Path] = None,
-             progress: bool = True) -> Dict:
-    """Run `episodes` episodes and return the summary with per-episode records."""
+             progress: bool = True, batch: int = 1) -> Dict:
+    """
+    Run `episodes` episodes and return the summary with per-episode records.
+
+    With `batch` > 1 and a policy that acts on batches (the model), `batch` episodes run in
+    lockstep in as many worlds, one forward pass a step for all of them; they are judged the
+    same way, only faster. Videos are recorded one episode at a time.
+    """
     if episodes < 1:
         raise ValueError(f'--episodes must be at least 1, got {episodes}')
+    if batch < 1:
+        raise ValueError(f'--batch must be at least 1, got {batch}')
     if seed + episodes > TRAINING_SEED_BASE:
         print(f'warning: scene seeds reach {seed + episodes - 1}, into the training range '
               f'(>= {TRAINING_SEED_BASE}); results may be optimistic', file=sys.stderr)
+    if video_dir is not None or not _batch_capable(policy):
+        batch = 1
+
+    def spec(index):
+        return make_episode(index, seed, instructions, robot=robot, families=families,
+                            held_out=held_out)
+
     results: List[EpisodeResult] = []
-    world = World(robot=robot)
+    worlds = [World(robot=robot) for _ in range(min(batch, episodes))]
     started = time.perf_counter()
-    sim_seconds = 0.0
+    bar = tqdm(total=episodes, desc='episodes', unit='ep', disable=not progress,
+               dynamic_ncols=True)
     try:
-        bar = tqdm(range(episodes), desc='episodes', unit='ep', disable=not progress,
-                   dynamic_ncols=True)
-        for index in bar:
-            spec = make_episode(index, seed, instructions, robot=robot, families=families,
-                                held_out=held_out)
-            video = None
-            on_step = None
-            if video_dir is not None:
-                video, on_step = _video_recorder(video_dir, spec)
-            result = run_episode(world, policy, spec, on_step=on_step)
-            if video is not None:
-                _finish_video(video, result)
-            results.append(result)
-            sim_seconds += result.duration
+        for start in range(0, episodes, batch):
+            indices = range(start, min(start + batch, episodes))
+            if batch > 1:
+                results += run_episodes_batched(worlds, policy, [spec(i) for i in indices])
+            else:
+                results.append(_run_one(worlds[0], policy, spec(start), video_dir))
+            bar.update(len(indices))
             bar.set_postfix(success=f'{sum(r.success for r in results) / len(results):.0%}',
                             refresh=False)
     finally:
-        world.close()
+        bar.close()
+        for world in worlds:
+            world.close()
     wall = time.perf_counter() - started
+    sim_seconds = sum(r.duration for r in results)
     summary = summarize(results)
     summary.update({
         'seed': seed,
@@ -134,6 +150,20 @@ def evaluate(policy, episodes: int, seed: int, instructions=None,
         'episodes': [r.to_dict() for r in results],
     })
     return summary
+
+
+def _batch_capable(policy) -> bool:
+    return not getattr(policy, 'privileged', False) and \
+        callable(getattr(policy, 'reset_batch', None)) and \
+        callable(getattr(policy, 'act_batch', None))
+
+
+def _run_one(world: World, policy, spec, video_dir: Optional[Path]) -> EpisodeResult:
+    video, on_step = (None, None) if video_dir is None else _video_recorder(video_dir, spec)
+    result = run_episode(world, policy, spec, on_step=on_step)
+    if video is not None:
+        _finish_video(video, result)
+    return result
 
 
 def _video_recorder(video_dir: Path, spec):
@@ -184,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate(policy, args.episodes, args.seed, instructions, robot=robot,
                            families=families, held_out=args.held_out_phrasings,
                            video_dir=Path(args.video) if args.video else None,
-                           progress=not args.quiet)
+                           progress=not args.quiet, batch=args.batch)
     except ValueError as exc:
         print(f'vlit-ros eval: error: {exc}', file=sys.stderr)
         return 2
