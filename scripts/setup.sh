@@ -37,7 +37,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$VENV/bin/python" -m pip install -q -r requirements.txt -c constraints.txt
     echo "$want" > "$stamp"
 fi
-if ! "$VENV/bin/python" -c 'import vlit_ros' 2>/dev/null; then
+# Checked from / so that the current directory on sys.path does not pass for an install; the
+# editable install must point at this checkout and provide the vlit-ros command.
+here=$(pwd -P)
+venv_python="$(cd "$VENV" && pwd -P)/bin/python"
+if ! (cd / && "$venv_python" -c \
+        'import sys, vlit_ros; sys.exit(vlit_ros.__file__ != sys.argv[1])' \
+        "$here/vlit_ros/__init__.py") 2>/dev/null || [ ! -x "$VENV/bin/vlit-ros" ]; then
+    echo "setup: installing vlit_ros (editable) from $here"
     "$VENV/bin/python" -m pip install -q --no-deps -e .
 fi
 echo "setup: done. Activate with: . $VENV/bin/activate"

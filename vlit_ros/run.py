@@ -179,7 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f'--{argument.name.replace("_", "-")}', dest=argument.name,
                             default=None, metavar='VALUE',
                             help=f'{argument.description}{choices}; default: '
-                                 f'{argument.default!r}')
+                                 f'{argument.default!r}'.replace('%', '%%'))
     parser.add_argument('--log-dir', default=None,
                         help="also write each process's output to DIR/NAME.log")
     parser.add_argument('--dry-run', action='store_true',
