@@ -39,6 +39,7 @@ setup(
             'instruction_follower = vlit_ros.nodes.instruction_follower:main',
             'sim = vlit_ros.nodes.sim_node:main',
             'task = vlit_ros.nodes.task_node:main',
+            'trainer = vlit_ros.nodes.trainer_node:main',
         ],
     },
 )

@@ -86,15 +86,28 @@ def test_model_policy_needs_a_checkpoint(tmp_path, monkeypatch):
         _graph(policy='random', checkpoint=str(tmp_path))
 
 
-def test_learning_needs_the_trainer_node(monkeypatch):
+def test_learning_needs_the_trainer_node_and_the_model(monkeypatch, tmp_path):
+    model = {'policy': 'model', 'checkpoint': str(tmp_path)}
+    with pytest.raises(bringup.BringupError, match='learn:=true trains the model policy'):
+        _graph(learn='true')
     monkeypatch.setattr(bringup.importlib.util, 'find_spec', lambda name: None)
     with pytest.raises(bringup.BringupError, match='learn:=true needs the trainer node'):
-        _graph(learn='true')
+        _graph(learn='true', **model)
     monkeypatch.setattr(bringup.importlib.util, 'find_spec', lambda name: object())
-    trainer = _graph(learn='true', sim='none', device='cuda').node('trainer')
+    graph = _graph(learn='true', sim='none', device='cuda', **model)
+    trainer = graph.node('trainer')
     assert (trainer.module, trainer.parameters['device']) == (bringup.TRAINER_MODULE, 'cuda')
+    assert trainer.parameters['checkpoint'] == str(tmp_path)
+    # On-policy learning: the follower samples and publishes its decisions.
+    follower = graph.node('instruction_follower').parameters
+    assert follower['sample_actions'] is True and follower['publish_experience'] is True
+    assert 'publish_experience' not in _graph(**model).node('instruction_follower').parameters
     # The task waits for the trainer, so it sees every episode.
-    assert _graph(learn='true').node('task').parameters['min_episode_listeners'] == 1
+    assert _graph(learn='true', **model).node('task').parameters['min_episode_listeners'] == 1
+
+
+def test_the_trainer_module_exists():
+    assert bringup.importlib.util.find_spec(bringup.TRAINER_MODULE) is not None
 
 
 @pytest.mark.parametrize('arguments, message', [

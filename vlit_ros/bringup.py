@@ -32,7 +32,7 @@ PACKAGE = 'vlit_ros'
 SIMULATORS = ('mujoco', 'gazebo', 'none')
 BOOLEANS = ('true', 'false')
 PARAMS_FILE_NAME = 'vlit_ros.yaml'
-TRAINER_MODULE = 'vlit_ros.nodes.trainer'
+TRAINER_MODULE = 'vlit_ros.nodes.trainer_node'
 ParameterValue = Union[bool, int, float, str]
 
 
@@ -305,6 +305,11 @@ def _follower(config: BringupConfig) -> NodeSpec:
         parameters['checkpoint'] = str(checkpoint)
     elif config.checkpoint:
         raise BringupError(f'checkpoint is only for policy model, not {config.policy!r}')
+    if config.learn:
+        if config.policy != 'model':
+            raise BringupError(f'learn:=true trains the model policy, not {config.policy!r}')
+        # On-policy learning: the follower samples its actions and publishes what it did.
+        parameters.update({'sample_actions': True, 'publish_experience': True})
     return NodeSpec('instruction_follower', 'instruction_follower',
                     'vlit_ros.nodes.instruction_follower', config.namespace, parameters)
 
@@ -330,12 +335,13 @@ def _sim(config: BringupConfig) -> NodeSpec:
 
 def _trainer(config: BringupConfig) -> NodeSpec:
     if importlib.util.find_spec(TRAINER_MODULE) is None:
-        raise BringupError('learn:=true needs the trainer node (vlit_ros.nodes.trainer), '
+        raise BringupError(f'learn:=true needs the trainer node ({TRAINER_MODULE}), '
                            'which this version of vlit_ros does not have yet')
     parameters: Dict[str, ParameterValue] = {
         'device': config.device, 'use_sim_time': config.use_sim_time}
-    if config.checkpoint:
-        parameters['checkpoint'] = config.checkpoint
+    checkpoint = config.checkpoint or shipped_checkpoint()
+    if checkpoint:
+        parameters['checkpoint'] = str(checkpoint)
     return NodeSpec('trainer', 'trainer', TRAINER_MODULE, config.namespace, parameters)
 
 

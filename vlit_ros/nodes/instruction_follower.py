@@ -9,8 +9,10 @@ Topics (relative names, DESIGN.md §2; QoS from `vlit_ros.qos`):
 | in | `speech/text` | std_msgs/String | COMMAND_QOS |
 | in | `odom` | nav_msgs/Odometry | STREAM_QOS |
 | in | `estop` | std_msgs/Bool: True latches a stop, False releases it | COMMAND_QOS |
+| in | `vlit/policy` | std_msgs/UInt8MultiArray policy update (policy 'model' only) | LATCHED_QOS |
 | out | `cmd_vel` | geometry_msgs/Twist, or TwistStamped (`use_twist_stamped`) | COMMAND_QOS |
 | out | `vlit/action` | std_msgs/String holding JSON, one per decision | STREAM_QOS |
+| out | `vlit/experience` | std_msgs/String: a transition per decision (optional) | STREAM_QOS |
 | out | `/diagnostics` | diagnostic_msgs/DiagnosticArray, 1 Hz | STREAM_QOS |
 
 How it runs (DESIGN.md §6): the image callback only converts and stores the newest frame and
@@ -41,6 +43,20 @@ Besides `reset` and `act` (DESIGN.md §5), the follower reads two optional polic
 sampled from when `sample_actions` is true; and `version` (a string, e.g. a checkpoint hash),
 reported as `policy_version` (default: the policy's class name).
 
+Online learning (policy 'model'; layouts in `vlit_ros.core.online`): with
+`publish_experience` (which needs `sample_actions`), every decision goes out on
+`vlit/experience` as a `vlit_ros/experience/1` transition: the fused state and odometry
+features the executor consumed (seen through a forward hook), the action taken with its
+log-probability at `temperature`, the value, the policy version, the frame stamp and the
+instruction counter (over a random per-process base) as episode id, plus the camera image
+with `experience_images` (for a trainer that trains the fusion layers). A
+`vlit_ros/policy/1` message on `vlit/policy` is checked by the inference thread (layout,
+names, shapes, dtypes, finite values, the source checkpoint, and a mean KL to the current
+policy of at most `max_policy_kl` on the last `POLICY_CHECK_STATES` states it decided on)
+and swapped in between two decisions; a rejected update is logged and the previous policy
+keeps driving. An update that arrives before any decision waits for the first ones (its KL
+needs states to be measured on).
+
 `vlit/action` JSON layout, version `vlit_ros/action/1`:
 
     {"layout": "vlit_ros/action/1",
@@ -56,6 +72,8 @@ reported as `policy_version` (default: the policy's class name).
      "override": ""}                       # safety gate reason, '' when none
 """
 
+from collections import deque
+import dataclasses
 import json
 import math
 import random
@@ -76,9 +94,9 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, String, UInt8MultiArray
 
-from vlit_ros.core.actions import ActionParams, ACTIONS
+from vlit_ros.core.actions import ACTION_INDEX, ActionParams, ACTIONS
 from vlit_ros.core.follower_logic import (action_probabilities, check_instruction,
                                           FollowerConfig, FollowerObservation,
                                           is_stop_phrase, OdometryTracker, sample_action,
@@ -88,7 +106,7 @@ from vlit_ros.core.safety import (ESTOP, FAILURE, GateDecision, NO_INFERENCE, NO
 from vlit_ros.nodes.images import image_to_rgb
 from vlit_ros.nodes.params import declare_parameters, ParameterError, ParameterSpec
 from vlit_ros.policies import load_policy
-from vlit_ros.qos import COMMAND_QOS, IMAGE_QOS, STREAM_QOS
+from vlit_ros.qos import COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, STREAM_QOS
 
 ACTION_LAYOUT = 'vlit_ros/action/1'
 NODE_NAME = 'instruction_follower'
@@ -98,6 +116,8 @@ LOG_THROTTLE_S = 5.0
 # Safety stops _command_step does not warn about: routine ones (idle, a new instruction not
 # yet inferred) and those logged where they begin (estop, failure).
 _QUIET_STOPS = (NO_INSTRUCTION, NO_INFERENCE, ESTOP, FAILURE)
+# Recent decisions a policy update's KL to the current policy is measured on.
+POLICY_CHECK_STATES = 16
 
 _A = ActionParams()
 _S = SafetyConfig()
@@ -143,7 +163,43 @@ PARAMETERS = (
                   "sample from the policy's action probabilities instead of taking its choice"),
     ParameterSpec('temperature', 1.0, 'softmax temperature when sampling', 0.01, 100.0),
     ParameterSpec('frame_id', 'base_link', 'frame_id of TwistStamped commands'),
+    ParameterSpec('publish_experience', False,
+                  "publish every decision on vlit/experience for the trainer (policy 'model' "
+                  'with sample_actions)'),
+    ParameterSpec('experience_images', False,
+                  'also put the camera image in each experience message (for a trainer that '
+                  'trains the fusion layers)'),
+    ParameterSpec('max_policy_kl', 1.0,
+                  'reject a vlit/policy update whose mean KL to the current policy on recent '
+                  'states exceeds this', 0.0, 100.0),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningOptions:
+    """The follower's side of online learning, checked against the rest of its config."""
+
+    # publish a transition per decision on vlit/experience
+    publish_experience: bool = False
+    # include the camera image in those transitions
+    experience_images: bool = False
+    # bound on the mean KL of an accepted policy update to the current policy
+    max_policy_kl: float = 1.0
+
+
+def read_learning_options(node: Node, config: FollowerConfig) -> LearningOptions:
+    """Return the learning options `read_config` declared, checked against `config`."""
+    options = LearningOptions(**{field.name: node.get_parameter(field.name).value
+                                 for field in dataclasses.fields(LearningOptions)})
+    if options.publish_experience and config.policy != 'model':
+        raise ParameterError(f"publish_experience needs policy 'model' (its fused states "
+                             f'are the experience), not {config.policy!r}')
+    if options.publish_experience and not config.sample_actions:
+        raise ParameterError('publish_experience needs sample_actions:=true: the learner '
+                             'improves the distribution the actions are drawn from')
+    if options.experience_images and not options.publish_experience:
+        raise ParameterError('experience_images only matters with publish_experience:=true')
+    return options
 
 
 class StartupError(RuntimeError):
@@ -193,6 +249,7 @@ class InstructionFollower(Node):
         super().__init__(NODE_NAME, **kwargs)
         try:
             self.config = read_config(self)
+            self.learning = read_learning_options(self, self.config)
         except ParameterError as exc:
             raise StartupError(f'invalid parameters: {exc}') from exc
         config = self.config
@@ -207,6 +264,18 @@ class InstructionFollower(Node):
             torch.set_num_threads(config.torch_threads)
         self._policy_version = str(getattr(self._policy, 'version', '') or
                                    type(self._policy).__name__)
+        # Policy 'model' only: the executor's inputs of each decision (experience, and the
+        # states a policy update is checked on) and the checkpoint updates must come from.
+        self._tap = None
+        self._source_hash = None
+        if config.policy == 'model':
+            from vlit_ros.core.online import ExecutorTap, source_hash_of
+            self._tap = ExecutorTap(self._policy.model)
+            self._source_hash = source_hash_of(config.checkpoint)
+        self._recent_states = deque(maxlen=POLICY_CHECK_STATES)  # inference thread only
+        # Experience episode ids: the instruction counter over a random base, so that ids
+        # never repeat across restarts (the trainer drops decisions of an ended episode id).
+        self._episode_base = random.SystemRandom().randrange(1, 2 ** 32) << 20
         self._gate = SafetyGate(config.safety)
         self._rng = random.Random(None if config.seed < 0 else config.seed)
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -233,6 +302,10 @@ class InstructionFollower(Node):
                        'ticks': 0, 'inference_ms': None, 'latency_ms': None}
         self._stats_since = _steady_seconds(self._steady)
         self._rejection = ('', 0.0)  # last logged reason for rejecting a frame, and when
+        self._policy_update: Optional[bytes] = None  # newest vlit/policy payload unchecked
+        self._states_ready = False  # the inference thread has states to check updates on
+        self._learning_stats = {'experience': 0, 'updates_accepted': 0,
+                                'updates_rejected': 0}
 
         command_type = TwistStamped if config.use_twist_stamped else Twist
         self._cmd_pub = self.create_publisher(command_type, 'cmd_vel', COMMAND_QOS)
@@ -243,6 +316,12 @@ class InstructionFollower(Node):
         self.create_subscription(String, 'speech/text', self._on_speech, COMMAND_QOS)
         self.create_subscription(Odometry, 'odom', self._on_odom, STREAM_QOS)
         self.create_subscription(Bool, 'estop', self._on_estop, COMMAND_QOS)
+        if self._tap is not None:
+            self.create_subscription(UInt8MultiArray, 'vlit/policy', self._on_policy,
+                                     LATCHED_QOS)
+        self._experience_pub = self.create_publisher(
+            String, 'vlit/experience', STREAM_QOS) if self.learning.publish_experience \
+            else None
         # Steady clocks: the watchdog must keep running when simulated time stalls.
         self.create_timer(config.safety.control_period_s, self._on_control_tick,
                           clock=self._steady)
@@ -332,17 +411,33 @@ class InstructionFollower(Node):
         elif not msg.data and engaged_before:
             self.get_logger().info('estop released: waiting for a new instruction')
 
+    def _on_policy(self, msg: UInt8MultiArray) -> None:
+        payload = bytes(msg.data)
+        with self._wake:
+            # Only the newest update matters; an older unchecked one is superseded.
+            self._policy_update = payload
+            self._wake.notify()
+
     # -- inference ------------------------------------------------------------------------
+
+    def _update_ready(self) -> bool:
+        return self._policy_update is not None and self._states_ready
 
     def _inference_loop(self) -> None:
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._stopping or self._reset_request is not None
-                                    or self._pending is not None)
+                                    or self._pending is not None or self._update_ready())
                 if self._stopping:
                     return
                 reset, self._reset_request = self._reset_request, None
                 frame, self._pending = self._pending, None
+                update = None
+                if self._update_ready():
+                    update, self._policy_update = self._policy_update, None
+            if update is not None:
+                # Between two decisions: no decision ever sees half-swapped weights.
+                self._swap_policy(update)
             try:
                 if reset is not None:
                     self._reset_policy(*reset)
@@ -367,6 +462,51 @@ class InstructionFollower(Node):
         with self._lock:
             self._policy_generation = generation
 
+    def _swap_policy(self, payload: bytes) -> None:
+        from vlit_ros.core.online import apply_policy_update, validate_policy_update
+        try:
+            update = validate_policy_update(self._policy.model, payload,
+                                            list(self._recent_states),
+                                            self.learning.max_policy_kl, self._source_hash)
+        except Exception as exc:  # whatever is wrong with an update must not stop inference
+            with self._lock:
+                self._learning_stats['updates_rejected'] += 1
+            self.get_logger().warning(f'rejected policy update: {exc}; policy '
+                                      f'{self._policy_version} keeps driving')
+            return
+        apply_policy_update(self._policy.model, update)
+        self._policy.version = update.policy_version
+        previous = self._policy_version
+        with self._lock:
+            self._policy_version = update.policy_version
+            self._learning_stats['updates_accepted'] += 1
+        self.get_logger().info(f'policy {previous} -> {update.policy_version} (mean KL '
+                               f'{update.kl:.4f} on {len(self._recent_states)} recent states)')
+
+    def _record_decision(self, action: str, stamp: Time, generation: int, instruction: str,
+                         image) -> None:
+        """Keep the decision's state for update checks; publish it as experience."""
+        from vlit_ros.core.online import encode_transition
+        seconds = stamp.sec + stamp.nanosec * 1e-9
+        if seconds == 0.0:  # a camera driver that does not stamp its frames
+            seconds = self.get_clock().now().nanoseconds * 1e-9
+        temperature = self.config.temperature if self.config.sample_actions else 1.0
+        transition = self._tap.transition(ACTION_INDEX[action], temperature,
+                                          self._policy_version, seconds,
+                                          self._episode_base + generation,
+                                          instruction=instruction, image=image)
+        self._recent_states.append(transition)
+        if not self._states_ready:
+            with self._lock:
+                self._states_ready = True
+        if self._experience_pub is None:
+            return
+        if not self.learning.experience_images:
+            transition = dataclasses.replace(transition, image=None)
+        self._experience_pub.publish(String(data=encode_transition(transition)))
+        with self._lock:
+            self._learning_stats['experience'] += 1
+
     def _infer(self, frame) -> None:
         image, stamp, arrival = frame
         with self._lock:
@@ -389,6 +529,9 @@ class InstructionFollower(Node):
                     raise ValueError('sample_actions needs a policy that exposes '
                                      'last_probabilities')
                 action = sample_action(probabilities, self.config.temperature, self._rng)
+                # The executor conditions on the action taken, not the one it liked best.
+                if callable(getattr(self._policy, 'note_taken_action', None)):
+                    self._policy.note_taken_action(action)
         except Exception as exc:
             self._fail(f'policy failed: {exc!r}', generation)
             return
@@ -406,6 +549,12 @@ class InstructionFollower(Node):
             self._stats['latency_ms'] = latency_ms
         self._publish_action(action, 'policy', probabilities, stamp, inference_ms, latency_ms,
                              decision, instruction)
+        if self._tap is not None:
+            try:
+                self._record_decision(action, stamp, generation, instruction, image)
+            except Exception as exc:  # learning bookkeeping must never stop the robot
+                self.get_logger().error(f'could not record the decision for learning: '
+                                        f'{exc!r}', throttle_duration_sec=LOG_THROTTLE_S)
 
     def _fail(self, detail: str, generation: Optional[int] = None) -> None:
         """Stop until the next instruction, unless the failure belongs to an older one."""
@@ -498,6 +647,7 @@ class InstructionFollower(Node):
         now = _steady_seconds(self._steady)
         with self._lock:
             stats = dict(self._stats)
+            learning = dict(self._learning_stats)
             elapsed = max(now - self._stats_since, 1e-9)
             self._stats_since = now
             self._stats['ticks'] = 0
@@ -539,6 +689,9 @@ class InstructionFollower(Node):
             'estop': str(estop),
             'odometry_received': str(odometry),
             'command': f'{decision.linear:.3f} {decision.angular:.3f}',
+            'experience_published': str(learning['experience']),
+            'policy_updates_accepted': str(learning['updates_accepted']),
+            'policy_updates_rejected': str(learning['updates_rejected']),
         }
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
