@@ -23,6 +23,8 @@ COMMANDS = (
     ('eval-table', 'vlit_ros.training.eval_table', 'results table: model, expert, random, ...'),
     ('gz-world', 'vlit_ros.gazebo.cli_world', 'write the Gazebo SDF world for a scene seed'),
     ('run', 'vlit_ros.run', 'bring the node graph up over ROS 2 without ros2 launch'),
+    ('feedback', 'vlit_ros.feedback',
+     'teach the robot from the keyboard: +1 / -1 rewards and stop'),
 )
 
 
