@@ -77,7 +77,6 @@ import dataclasses
 import json
 import math
 import random
-import signal
 import sys
 import threading
 import time
@@ -87,12 +86,9 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from nav_msgs.msg import Odometry
-import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String, UInt8MultiArray
 
@@ -104,6 +100,7 @@ from vlit_ros.core.follower_logic import (action_probabilities, check_instructio
 from vlit_ros.core.safety import (ESTOP, FAILURE, GateDecision, NO_INFERENCE, NO_INSTRUCTION,
                                   SafetyConfig, SafetyGate)
 from vlit_ros.nodes.images import image_to_rgb
+from vlit_ros.nodes.lifecycle import run_node, StartupError
 from vlit_ros.nodes.params import declare_parameters, ParameterError, ParameterSpec
 from vlit_ros.policies import load_policy
 from vlit_ros.qos import COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, STREAM_QOS
@@ -200,10 +197,6 @@ def read_learning_options(node: Node, config: FollowerConfig) -> LearningOptions
     if options.experience_images and not options.publish_experience:
         raise ParameterError('experience_images only matters with publish_experience:=true')
     return options
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (bad parameters, a policy that does not load)."""
 
 
 def read_config(node: Node) -> FollowerConfig:
@@ -720,33 +713,9 @@ def _format_ms(value: Optional[float]) -> str:
     return 'none' if value is None else f'{value:.2f}'
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(args=None) -> int:
     """Run the node; return non-zero when it cannot start."""
-    # rclpy's own handlers would shut the context down before the zero command goes out.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        node = InstructionFollower()
-    except StartupError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(InstructionFollower, NODE_NAME, args, stop=lambda node: node.stop())
 
 
 if __name__ == '__main__':

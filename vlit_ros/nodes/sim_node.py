@@ -52,7 +52,6 @@ command until a controller sends one, and publishes the state at the reset time 
 
 import json
 import math
-import signal
 import sys
 import time
 from typing import Optional, Tuple
@@ -61,17 +60,15 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from nav_msgs.msg import Odometry
-import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from vlit_ros.nodes.images import rgb_to_image
+from vlit_ros.nodes.lifecycle import run_node, StartupError
 from vlit_ros.nodes.params import declare_parameters, ParameterError, ParameterSpec
 from vlit_ros.qos import COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, STREAM_QOS
 from vlit_ros.sim.scene import RobotSpec, Scene
@@ -111,10 +108,6 @@ PARAMETERS = (
     ParameterSpec('top_view_size', 256, 'side of the square top-down view (pixels)', 64, 1024),
     ParameterSpec('start_paused', False, 'wait for sim/pause (false) before the first step'),
 )
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (bad parameters)."""
 
 
 def decode_scene_message(text: str) -> Tuple[Scene, Tuple[float, float], bool, str]:
@@ -383,44 +376,15 @@ class SimNode(Node):
         self._world.close()
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _ignore_stop_signals():
-    # Shutting down already: a second signal must not cut the clean-up short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def main(args=None) -> int:
     """Run the node; return non-zero when it cannot start."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    # Also SIGINT: a process started in the background inherits it ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise_keyboard_interrupt)
-    try:
-        node = SimNode()
-    except StartupError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
     started = time.monotonic()
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        _ignore_stop_signals()
+
+    def stop(node):
         node.get_logger().info(f'stopping after {node.sim_time:.1f} s simulated in '
                                f'{time.monotonic() - started:.1f} s')
         node.close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimNode, NODE_NAME, args, stop=stop)
 
 
 if __name__ == '__main__':

@@ -63,7 +63,6 @@ import json
 import math
 from pathlib import Path
 import random
-import signal
 import sys
 import threading
 import time
@@ -71,16 +70,14 @@ from typing import List, Optional
 
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
-import rclpy
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool
 
 from vlit_ros.core.follower_logic import yaw_from_quaternion
 from vlit_ros.evaluation import format_table, summarize
+from vlit_ros.nodes.lifecycle import run_node, StartupError
 from vlit_ros.nodes.params import declare_parameters, ParameterError, ParameterSpec
 from vlit_ros.nodes.sim_node import encode_scene_message
 from vlit_ros.qos import COMMAND_QOS, LATCHED_QOS, STREAM_QOS
@@ -120,10 +117,6 @@ PARAMETERS = (
                   'abort when the simulator does not answer for this long (wall s)',
                   0.5, 600.0),
 )
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (bad parameters, an unreadable scenario)."""
 
 
 class ScenarioAborted(RuntimeError):
@@ -451,44 +444,14 @@ class TaskNode(Node):
             self.get_logger().info(f'wrote {path}')
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _ignore_stop_signals():
-    # Shutting down already: a second signal must not cut the clean-up short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def main(args=None) -> int:
     """Run the node; return 0 when the scenario completed, 1 when aborted, 2 on bad input."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    # Also SIGINT: a process started in the background inherits it ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise_keyboard_interrupt)
-    try:
-        node = TaskNode()
-    except StartupError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    interrupted = False
-    try:
+    def spin(node, executor):
         while not node.finished.is_set():
             executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        interrupted = True
-    finally:
-        _ignore_stop_signals()
-        # Interrupted: the episodes played so far are still worth their results.
-        node.report()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0 if interrupted else node.exit_code
+        return node.exit_code
+    # Interrupted: the episodes played so far are still worth their results (exit code 0).
+    return run_node(TaskNode, NODE_NAME, args, spin=spin, stop=lambda node: node.report())
 
 
 if __name__ == '__main__':

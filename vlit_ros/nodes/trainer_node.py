@@ -48,7 +48,6 @@ import json
 import math
 import os
 from pathlib import Path
-import signal
 import sys
 import tempfile
 import threading
@@ -56,12 +55,9 @@ import time
 from typing import List, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool, Float32, String, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
 import torch
@@ -69,6 +65,7 @@ import torch
 from vlit_ros.core.model import load_checkpoint, read_checkpoint_info, VLITModel
 from vlit_ros.core.online import (decode_transition, ExperienceBuffer, LearnerConfig,
                                   OnlineLearner, source_hash_of, STATE_DIR, STATE_FILE)
+from vlit_ros.nodes.lifecycle import run_node, StartupError
 from vlit_ros.nodes.params import declare_parameters, ParameterError, ParameterSpec
 from vlit_ros.qos import COMMAND_QOS, LATCHED_QOS, STREAM_QOS
 
@@ -144,10 +141,6 @@ PARAMETERS = (
                   'rewrite learning_curves.png at most this often (wall s)', 0.1, 86_400.0),
     ParameterSpec('seed', 0, 'seed of the minibatch order', 0, 2 ** 31 - 1),
 )
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (bad parameters, a checkpoint that does not load)."""
 
 
 @dataclass(frozen=True)
@@ -683,36 +676,9 @@ def _moving_average(values: List[float], window: int) -> List[float]:
     return averages
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(args=None) -> int:
     """Run the node; return non-zero when it cannot start."""
-    # rclpy's own handlers would shut the context down before the final save.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise_keyboard_interrupt)
-    try:
-        node = TrainerNode()
-    except StartupError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-        node.stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(TrainerNode, NODE_NAME, args, stop=lambda node: node.stop())
 
 
 if __name__ == '__main__':
