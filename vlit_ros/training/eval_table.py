@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--policies', default='model,expert,random',
                         help='built-in rows, comma-separated (default: model,expert,random)')
     parser.add_argument('--device', default='cpu', help='torch device for model rows')
+    parser.add_argument('--batch', type=int, default=16,
+                        help='model rows: episodes run in lockstep, one forward pass a step '
+                             '(default: 16)')
     parser.add_argument('--json', default=None, metavar='OUT.json', help='write results here')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
@@ -48,9 +51,9 @@ def evaluate_row(policy_spec: str, checkpoint: Optional[str], args) -> Dict[str,
     unseen = load_instructions(args.unseen)
     policy = load_policy(policy_spec, checkpoint=checkpoint, device=args.device, seed=args.seed)
     generated = evaluate(policy, args.episodes_per_family * len(FAMILIES), args.seed,
-                         progress=not args.quiet)
+                         progress=not args.quiet, batch=args.batch)
     held_out = evaluate(policy, args.episodes_per_family, args.unseen_seed, unseen,
-                        progress=not args.quiet)
+                        progress=not args.quiet, batch=args.batch)
     row = {f: generated['per_family'][f]['success_rate'] for f in FAMILIES}
     row['goto_unseen'] = held_out['per_family']['goto']['success_rate']
     return row
