@@ -107,3 +107,38 @@ def test_shifted_world_and_unknown_family(capsys):
                  '--quiet']) == 0
     assert main(['eval', '--policy', 'expert', '--families', 'dance']) == 2
     assert 'unknown families' in capsys.readouterr().err
+
+
+class _OdometryPolicy:
+    """Drives by odometry alone (no image), one robot or a batch: forward, then stop at 1 m."""
+
+    def reset(self, instruction):
+        self.reset_batch([instruction])
+
+    largest = 0
+
+    def reset_batch(self, instructions):
+        self.robots = len(instructions)
+
+    def act(self, obs):
+        return self.act_batch([obs])[0]
+
+    def act_batch(self, observations):
+        assert len(observations) == self.robots
+        self.largest = max(self.largest, len(observations))
+        return ['forward' if obs.odom[0] < 1.0 else 'stop' for obs in observations]
+
+
+def test_batched_evaluation_judges_every_episode_as_one_at_a_time():
+    policy = _OdometryPolicy()
+    one = evaluate(policy, 10, 3, progress=False, batch=1)
+    batched = evaluate(policy, 10, 3, progress=False, batch=4)
+    assert policy.largest == 4
+    keys = ('index', 'seed', 'family', 'text', 'success', 'reason', 'steps', 'total_reward')
+    assert [[e[k] for k in keys] for e in one['episodes']] == \
+        [[e[k] for k in keys] for e in batched['episodes']]
+    # Episodes of different families end in different ways and at different steps.
+    assert len({e['reason'] for e in one['episodes']}) > 1
+    assert len({e['steps'] for e in one['episodes']}) > 1
+    with pytest.raises(ValueError, match='--batch must be at least 1'):
+        evaluate(policy, 2, 3, progress=False, batch=0)
