@@ -17,7 +17,10 @@ from vlit_ros.cli import main
 from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.sim.episode import make_episode, Observation
+from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.sim.world import World
+from vlit_ros.training import train_all
+from vlit_ros.training.datasets import TrajectorySet
 from vlit_ros.training.loop import STATE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +68,14 @@ def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
     assert record['evaluation']['episodes_total'] == 2
     shard = load_file(str(tuned / 'dagger' / 'round_00' / 'rank_000.safetensors'))
     assert shard['image'].shape[1:] == (96, 128, 3)
+    # train-all's polish stage trains on the expert data plus every DAgger round, pooled.
+    pooled = tmp_path / 'pooled'
+    assert train_all.pool_dagger_data(tuned, data, pooled) == 1
+    expert = TrajectorySet.load([data], FAMILIES, 0)
+    both = TrajectorySet.load([data, pooled], FAMILIES, 0)
+    assert len(both) == len(expert) + record['dagger_rounds'][0]['frames']
+    with pytest.raises(ValueError, match='no DAgger rounds'):
+        train_all.pool_dagger_data(pretrained, data, tmp_path / 'nothing')
 
     policy = ModelPolicy.from_checkpoint(tuned)
     spec = make_episode(0, 7)

@@ -7,7 +7,9 @@ reproduces the shipped default checkpoint from scratch. Each stage is the stand-
 command with the defaults shown by `--help`, so a stage can also be rerun on its own; every
 stage resumes, so rerunning an interrupted train-all continues where it stopped. `--install`
 copies the inference checkpoint (config.json, model.safetensors), the report and a training
-card into a directory. Ablations: `--no-pretrain`, `--dagger-rounds 0`,
+card into a directory. After DAgger, a `polish` stage clones the expert once more from the
+DAgger result, on the expert data plus every DAgger round at a lower learning rate
+(`--polish-steps`, 0 to skip). Ablations: `--no-pretrain`, `--dagger-rounds 0`,
 `--text-encoder builtin`.
 """
 
@@ -22,7 +24,11 @@ from typing import List
 from vlit_ros.core.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from vlit_ros.training import datagen, finetune, pretrain
 from vlit_ros.training.presets import TEXT_ENCODERS
-from vlit_ros.training.shards import write_json
+from vlit_ros.training.shards import MANIFEST, read_json, write_json
+
+# Behaviour-cloning steps after DAgger (the `polish` stage) and where its data is pooled.
+POLISH_STEPS = 5000
+POOLED = 'dagger_data'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='behaviour-cloning steps (default: as vlit-ros finetune)')
     parser.add_argument('--dagger-rounds', type=int, default=None,
                         help='DAgger rounds (default: as vlit-ros finetune; 0: none)')
+    parser.add_argument('--polish-steps', type=int, default=POLISH_STEPS,
+                        help='after DAgger: behaviour cloning from its result on the expert '
+                             'data plus every DAgger round, at a lower learning rate '
+                             f'(default: {POLISH_STEPS}; 0: none)')
     parser.add_argument('--install', default=None, metavar='DIR',
                         help='copy the final checkpoint, report and a training card here')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -79,9 +89,18 @@ def run(args: argparse.Namespace) -> int:
     if args.dagger_rounds is not None:
         finetune_argv += ['--dagger-rounds', str(args.dagger_rounds)]
     stages.append(('finetune', finetune, finetune_argv))
+    polish = args.polish_steps > 0 and args.dagger_rounds != 0
+    if polish:
+        stages.append(('polish', finetune, [
+            '--init', str(out / 'finetune'), '--data', str(data), '--data', str(out / POOLED),
+            '--out', str(out / 'polish'), '--steps', str(args.polish_steps), '--lr', '3e-4',
+            '--warmup', '100', '--dagger-rounds', '0'] + common))
     for name, module, argv in stages:
-        print(f'== {name}: vlit-ros {name} {" ".join(argv)}', flush=True)
+        print(f'== {name}: vlit-ros {"finetune" if name == "polish" else name} '
+              f'{" ".join(argv)}', flush=True)
         stage_started = time.perf_counter()
+        if name == 'polish':
+            pool_dagger_data(out / 'finetune', data, out / POOLED)
         code = module.run(_stage_args(module, argv))
         times[name] = round(time.perf_counter() - stage_started, 1)
         if code:
@@ -90,22 +109,57 @@ def run(args: argparse.Namespace) -> int:
     total = round(time.perf_counter() - started, 1)
     record = {'command': 'vlit-ros train-all ' + ' '.join(sys.argv[2:]),
               'stage_seconds': times, 'total_seconds': total,
-              'stages': {name: argv for name, _, argv in stages}}
+              'stages': {name: argv for name, _, argv in stages},
+              'polish_steps': args.polish_steps if polish else 0}
     write_json(out / 'train_all.json', record)
     print(f'train-all finished in {total / 60:.1f} min: ' +
           ', '.join(f'{k} {v / 60:.1f} min' for k, v in times.items()))
     if args.install:
-        install(out, data, Path(args.install), record)
+        install(out, data, Path(args.install), record,
+                'polish' if polish else 'finetune')
     return 0
 
 
-def install(out: Path, data: Path, target: Path, record: dict) -> None:
+def pool_dagger_data(finetune_dir: Path, data: Path, target: Path) -> int:
+    """
+    Make `target` a dataset directory listing every DAgger round's shards of a finetune run.
+
+    The shards are linked, not copied; the manifest is the expert data's with the shard list
+    replaced, so `--data DATA --data TARGET` trains on the expert data plus all rounds.
+    Returns the number of shards.
+    """
+    rounds = (finetune_dir / 'dagger').glob('round_*/rank_*.json')
+    stems = sorted(path.with_suffix('') for path in rounds)
+    if not stems:
+        raise ValueError(f'{finetune_dir} has no DAgger rounds to pool')
+    folder = target / 'trajectories'
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for stem in stems:
+        name = f'{stem.parent.name}_{stem.name}'
+        for suffix in ('.json', '.safetensors'):
+            link = folder / (name + suffix)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(stem.with_suffix(suffix).resolve())
+        names.append(name)
+    manifest = read_json(data / MANIFEST)
+    manifest['shards'] = {'trajectories': names}
+    write_json(target / MANIFEST, manifest)
+    return len(names)
+
+
+def install(out: Path, data: Path, target: Path, record: dict,
+            final: str = 'finetune') -> None:
     """Copy the final checkpoint, its report and a training card into `target`."""
-    source = out / 'finetune'
+    source = out / final
     target.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_FILE, WEIGHTS_FILE, 'report.png'):
         shutil.copyfile(source / name, target / name)
     training = json.loads((source / 'training.json').read_text())
+    # The DAgger rounds are the finetune stage's, also when a polish stage follows it.
+    training['dagger_rounds'] = json.loads(
+        (out / 'finetune' / 'training.json').read_text())['dagger_rounds']
     manifest = json.loads((data / 'manifest.json').read_text())
     (target / 'README.md').write_text(training_card(record, training, manifest))
     print(f'installed the checkpoint in {target}')
@@ -125,8 +179,10 @@ def training_card(record: dict, training: dict, manifest: dict) -> str:
               f'- {counts["trajectory_episodes"]} expert episodes ({counts["trajectory_frames"]} '
               f'frames) from scene seeds {seeds["trajectories"][0]}-{seeds["trajectories"][1]}',
               f'- DAgger: {len(training["dagger_rounds"])} rounds on scene seeds from '
-              f'{finetune.DAGGER_SEED_OFFSET + manifest["config"]["seed_base"]}', '',
-              'All training seeds are >= 1,000,000; evaluation seeds stay below.', '']
+              f'{finetune.DAGGER_SEED_OFFSET + manifest["config"]["seed_base"]}'] + \
+        ([f'- polish: {record["polish_steps"]} more cloning steps on the expert data plus '
+          'every DAgger round'] if record.get('polish_steps') else []) + \
+        ['', 'All training seeds are >= 1,000,000; evaluation seeds stay below.', '']
     evaluation = training.get('evaluation')
     if evaluation:
         lines += [f'## Closing evaluation ({evaluation["episodes_total"]} episodes, seed '
