@@ -26,7 +26,6 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 import random
-import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -262,22 +261,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    context = loop.init_distributed(args.device)
-    try:
-        return _run(args, context)
-    except ValueError as exc:
-        print(f'vlit-ros finetune: error: {exc}', file=sys.stderr)
-        return 2
-    finally:
-        loop.shutdown_distributed(context)
+    return loop.run_stage('finetune', args, _run)
 
 
 def _run(args, context: loop.DistributedContext) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
     started = time.perf_counter()
-    loop.seed_everything(args.seed)
     schedule = DaggerSchedule(args.dagger_rounds, args.dagger_episodes, args.dagger_steps,
                               args.dagger_beta, args.dagger_parallel)
     model = build_model(args).to(context.device)

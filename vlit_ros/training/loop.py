@@ -17,6 +17,7 @@ import math
 import os
 from pathlib import Path
 import random
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -94,6 +95,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+def run_stage(command: str, args, body: Callable[..., int]) -> int:
+    """
+    Run a training command's `body(args, context)` in the process group, if any; exit code.
+
+    Sets the torch threads (`args.threads`, 0: torch's default) and the seeds first; a
+    `ValueError` becomes one `vlit-ros COMMAND: error: ...` line and exit code 2; the process
+    group is left however the body ends.
+    """
+    context = init_distributed(args.device)
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        seed_everything(args.seed)
+        return body(args, context)
+    except ValueError as exc:
+        print(f'vlit-ros {command}: error: {exc}', file=sys.stderr)
+        return 2
+    finally:
+        shutdown_distributed(context)
 
 
 def batch_indices(size: int, batch_size: int, step: int, seed: int,

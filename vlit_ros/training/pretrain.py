@@ -15,7 +15,6 @@ Runs under `torchrun` with DDP (gloo on CPU, NCCL on CUDA); resumes from
 
 import argparse
 from pathlib import Path
-import sys
 import time
 from typing import Dict
 
@@ -82,22 +81,12 @@ def evaluate_alignment(model: PretrainingModel, images: np.ndarray, captions, ne
 
 
 def run(args: argparse.Namespace) -> int:
-    context = loop.init_distributed(args.device)
-    try:
-        return _run(args, context)
-    except ValueError as exc:
-        print(f'vlit-ros pretrain: error: {exc}', file=sys.stderr)
-        return 2
-    finally:
-        loop.shutdown_distributed(context)
+    return loop.run_stage('pretrain', args, _run)
 
 
 def _run(args, context: loop.DistributedContext) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
     started = time.perf_counter()
-    loop.seed_everything(args.seed)
     model = PretrainingModel(model_config(args.preset, args.text_encoder)).to(context.device)
     size = (model.config.vision.image_height, model.config.vision.image_width)
     data = CaptionSet.load([Path(d) for d in args.data], size=size)
