@@ -490,7 +490,7 @@ def test_shutdown_publishes_a_zero_command(graph_factory, sig):
     graph.drive_forward()
     # Frames keep coming, so only the shutdown itself can bring the command to zero.
     signalled = time.monotonic()
-    assert graph.stop_follower(sig) == 0
+    assert graph.stop_follower(sig) == 0, graph.output()
     graph.stop_frames()
     assert graph.wait_for(lambda: graph.commands[-1][1] == 0.0, EVENT_S)
     after = graph.commands_since(signalled)
