@@ -1,6 +1,7 @@
 """`vlit-ros eval`: the yardstick, its expert upper bound and its random lower bound."""
 
 import json
+import math
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -9,8 +10,11 @@ import pytest
 from vlit_ros.cli import main
 from vlit_ros.evaluation import evaluate
 from vlit_ros.policies import RandomPolicy
+from vlit_ros.sim.episode import EpisodeSpec, run_episode
 from vlit_ros.sim.expert import ExpertPolicy
-from vlit_ros.sim.tasks import FAMILIES
+from vlit_ros.sim.scene import ObjectSpec, Scene
+from vlit_ros.sim.tasks import FAMILIES, GotoTask, Instruction
+from vlit_ros.sim.world import World
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 
@@ -142,3 +146,50 @@ def test_batched_evaluation_judges_every_episode_as_one_at_a_time():
     assert len({e['steps'] for e in one['episodes']}) > 1
     with pytest.raises(ValueError, match='--batch must be at least 1'):
         evaluate(policy, 2, 3, progress=False, batch=0)
+
+
+def _goto_scene(bearing_deg, blocker=False):
+    """Build a scene: the robot at the origin facing +x, a red cube 3 m away at a bearing."""
+    bearing = math.radians(bearing_deg)
+    objects = [ObjectSpec('cube', 'red', round(3.0 * math.cos(bearing), 4),
+                          round(3.0 * math.sin(bearing), 4), 0.2),
+               ObjectSpec('sphere', 'blue', -2.5, 2.5, 0.2)]
+    if blocker:
+        # Right in the line of sight, so the cube is hidden from the start pose.
+        objects.append(ObjectSpec('cylinder', 'green', round(1.5 * math.cos(bearing), 4),
+                                  round(1.5 * math.sin(bearing), 4), 0.24))
+    return Scene(seed=0, objects=tuple(objects))
+
+
+def _first_actions(scene, observable_search=True, steps=5):
+    task = GotoTask('red', 'cube')
+    spec = EpisodeSpec(0, 0, 'goto', Instruction('go to the red cube', task), scene)
+    expert = ExpertPolicy(observable_search=observable_search)
+    with World() as world:
+        result = run_episode(world, expert, spec)
+    return result.actions[:steps], result.success
+
+
+@pytest.mark.parametrize('bearing_deg', [-70.0, 70.0])
+def test_expert_searches_for_an_unseen_target_the_way_a_camera_only_robot_can(bearing_deg):
+    # Out of view on either side, the expert starts with the same sweep (left first): what
+    # it does may depend only on what the learner could know, not on where the target is.
+    actions, success = _first_actions(_goto_scene(bearing_deg))
+    assert actions == ['turn_left'] * 5
+    assert success
+    # The privileged shortcut, for contrast, turns toward the target at once.
+    actions, success = _first_actions(_goto_scene(bearing_deg), observable_search=False)
+    assert actions[0] == ('turn_left' if bearing_deg > 0 else 'turn_right')
+    assert success
+
+
+def test_expert_drives_at_a_target_in_view_and_finds_a_hidden_one():
+    actions, success = _first_actions(_goto_scene(10.0))
+    assert actions[0] in ('forward', 'forward_left') and success
+    expert = ExpertPolicy()
+    scene = _goto_scene(0.0, blocker=True)
+    with World() as world:
+        world.reset(scene=scene)
+        expert.reset('go to the red cube', task=GotoTask('red', 'cube'), world=world)
+        assert not expert.target_in_view()
+    assert _first_actions(scene)[1]

@@ -4,6 +4,16 @@ The privileged expert: it reads the task and ground truth, and acts with the sam
 It is the teacher for imitation data and the upper bound in evaluations. `goto` steers toward
 the target along the clear heading closest to it (a ray cast against inflated objects and the
 walls); `turn` and `move` servo on odometry since the instruction; `stop` stops.
+
+While the target is outside the camera's view (or hidden behind another object), a `goto`
+expert that knew where it was would turn straight toward it, a choice the learner cannot
+copy: it only sees the image. So with `observable_search` (the default) the expert searches
+the way a camera-only robot can: it sweeps left until it has turned `_SWEEP_LEFT_DEG`, then
+right, keeps turning the way it is already turning, and only falls back to its privileged
+knowledge once the sweep has covered every bearing an object can start at. Every choice
+depends on things the learner has too: the image, the odometry since the instruction and the
+motion so far. A target lost from view while driving (an arc around an obstacle) is turned
+toward directly; it has just been seen.
 """
 
 import math
@@ -23,6 +33,17 @@ _CANDIDATE_HEADINGS = np.radians(np.arange(-180.0, 180.0, 5.0))
 _GOTO_STOP_DISTANCE = 0.6
 _TURN_IN_PLACE_ABOVE = 0.5
 _ARC_ABOVE = 0.12
+# The target counts as in view when its centre lies this far inside the camera's edges (deg).
+_VIEW_MARGIN_DEG = 4.0
+# Observable search: sweep left up to this heading change, then right (scenes place every
+# object within 75 degrees of the start heading); past _SWEEP_RIGHT_DEG the sweep has seen
+# every start bearing, and the expert turns toward the target.
+_SWEEP_LEFT_DEG = 95.0
+_SWEEP_RIGHT_DEG = -95.0
+# A yaw rate (rad/s) above which the robot counts as turning that way, and the distance
+# driven (m) after which a target out of view counts as lost on the way rather than unseen.
+_TURNING_RADPS = 0.2
+_DRIVEN_M = 0.3
 
 
 class ExpertPolicy:
@@ -30,8 +51,10 @@ class ExpertPolicy:
 
     privileged = True
 
-    def __init__(self, action_params: Optional[ActionParams] = None):
+    def __init__(self, action_params: Optional[ActionParams] = None,
+                 observable_search: bool = True):
         self.action_params = action_params or ActionParams()
+        self.observable_search = observable_search
         self._task: Optional[Task] = None
         self._world = None
 
@@ -44,6 +67,7 @@ class ExpertPolicy:
         self._target = task.target(world.scene) if isinstance(task, GotoTask) else None
         self._cumulative_yaw = 0.0
         self._last_yaw = 0.0
+        self._search_done = False
 
     def act(self, obs) -> str:
         if self._task is None:
@@ -58,7 +82,7 @@ class ExpertPolicy:
             return self._turn(math.radians(task.angle_deg) - self._cumulative_yaw)
         if isinstance(task, MoveTask):
             return self._move(task.distance_m - obs.odom[0])
-        return self._goto()
+        return self._goto(obs.odom)
 
     def _turn(self, remaining: float) -> str:
         # Stop early by the distance the drive needs to come to rest, plus half a step.
@@ -78,7 +102,7 @@ class ExpertPolicy:
             return 'stop'
         return 'forward' if remaining > 0 else 'backward'
 
-    def _goto(self) -> str:
+    def _goto(self, odom) -> str:
         world = self._world
         pose = world.pose()
         target = self._target
@@ -86,12 +110,53 @@ class ExpertPolicy:
         if distance <= _GOTO_STOP_DISTANCE:
             return 'stop'
         tx, ty = to_frame(pose, target.x, target.y)
+        if self.observable_search and not self.target_in_view():
+            search = self._search(odom)
+            if search is not None:
+                return search
         bearing = self._clear_heading(pose, math.atan2(ty, tx), distance)
         if abs(bearing) > _TURN_IN_PLACE_ABOVE:
             return 'turn_left' if bearing > 0 else 'turn_right'
         if abs(bearing) > _ARC_ABOVE:
             return 'forward_left' if bearing > 0 else 'forward_right'
         return 'forward'
+
+    def target_in_view(self) -> bool:
+        """Return whether the goto target's centre is in the camera's view, not hidden."""
+        scene = self._world.scene
+        robot = scene.robot
+        pose = self._world.pose()
+        target = self._target
+        camera_yaw = pose[2] + math.radians(robot.camera_yaw_deg)
+        tx, ty = to_frame((pose[0], pose[1], camera_yaw), target.x, target.y)
+        if tx <= 0.0 or abs(math.degrees(math.atan2(ty, tx))) > \
+                robot.camera_hfov_deg / 2.0 - _VIEW_MARGIN_DEG:
+            return False
+        distance = math.hypot(tx, ty)
+        for obj in scene.objects:
+            if obj is target:
+                continue
+            ox, oy = to_frame((pose[0], pose[1], camera_yaw), obj.x, obj.y)
+            along = (ox * tx + oy * ty) / distance
+            if 0.0 < along < distance and \
+                    abs(ox * ty - oy * tx) / distance < obj.footprint_radius:
+                return False
+        return True
+
+    def _search(self, odom) -> Optional[str]:
+        """Return the camera-only search move while the target is out of view, or None."""
+        swept = math.degrees(self._cumulative_yaw)
+        if swept <= _SWEEP_RIGHT_DEG:
+            # Every start bearing has been in view (the target is hidden behind another
+            # object): from now on use what the expert knows.
+            self._search_done = True
+        if self._search_done:
+            return None
+        if math.hypot(odom[0], odom[1]) > _DRIVEN_M:
+            return None  # lost on the way: it was in view a moment ago
+        if odom[4] < -_TURNING_RADPS:
+            return 'turn_right'  # the sweep has turned right: go on
+        return 'turn_left' if swept < _SWEEP_LEFT_DEG else 'turn_right'
 
     def _clear_heading(self, pose, bearing: float, distance: float) -> float:
         """Return the clear heading (robot frame) closest to `bearing`."""

@@ -107,7 +107,8 @@ def shard_name(index: int) -> str:
 def _tour_views(world: World, scene: Scene, rng: random.Random, views: int):
     """Drive around a scene toward random objects and yield (image, pose) now and then."""
     world.reset(scene=scene)
-    expert = ExpertPolicy()
+    # Tours only need to wander; the search of a camera-only robot adds nothing here.
+    expert = ExpertPolicy(observable_search=False)
     for _ in range(views):
         target = scene.objects[rng.randrange(len(scene.objects))]
         expert.reset('tour', task=GotoTask(target.color, target.shape), world=world)
