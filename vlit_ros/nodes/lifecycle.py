@@ -43,6 +43,13 @@ class _Interrupt:
         self.requested.set()
 
 
+def spin_until(executor: SingleThreadedExecutor, interrupted: threading.Event,
+               done: Callable[[], bool] = lambda: False) -> None:
+    """Spin until `done()`, an interrupt or an rclpy shutdown, looking every SPIN_PERIOD_S."""
+    while not (interrupted.is_set() or done()) and executor.context.ok():
+        executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+
+
 def run_node(factory: Callable[[], Node], name: str, args=None,
              spin: Optional[Callable[[Node, SingleThreadedExecutor, threading.Event],
                                      int]] = None,
@@ -51,7 +58,8 @@ def run_node(factory: Callable[[], Node], name: str, args=None,
     Run one node until it finishes or is interrupted; return the process exit code.
 
     `spin(node, executor, interrupted)` runs the node until it is done or the event
-    `interrupted` is set, and returns its exit code (default: spin until interrupted, 0);
+    `interrupted` is set (usually with `spin_until`), and returns its exit code (default:
+    spin until interrupted, 0);
     `stop(node)` is the node's clean-up, called however spinning ended.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -75,8 +83,7 @@ def run_node(factory: Callable[[], Node], name: str, args=None,
         if spin is not None:
             code = spin(node, executor, interrupt.requested)
         else:
-            while not interrupt.requested.is_set() and executor.context.ok():
-                executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+            spin_until(executor, interrupt.requested)
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
     finally:

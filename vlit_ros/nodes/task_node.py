@@ -77,7 +77,7 @@ from std_srvs.srv import SetBool
 
 from vlit_ros.core.follower_logic import yaw_from_quaternion
 from vlit_ros.evaluation import format_table, summarize
-from vlit_ros.nodes.lifecycle import run_node, SPIN_PERIOD_S, StartupError
+from vlit_ros.nodes.lifecycle import run_node, spin_until, StartupError
 from vlit_ros.nodes.params import declare_parameters, ParameterError, ParameterSpec
 from vlit_ros.nodes.sim_node import encode_scene_message
 from vlit_ros.qos import COMMAND_QOS, LATCHED_QOS, STREAM_QOS
@@ -447,8 +447,7 @@ class TaskNode(Node):
 def main(args=None) -> int:
     """Run the node; return 0 when the scenario completed, 1 when aborted, 2 on bad input."""
     def spin(node, executor, interrupted):
-        while not (node.finished.is_set() or interrupted.is_set()):
-            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+        spin_until(executor, interrupted, node.finished.is_set)
         return node.exit_code
     # Interrupted: the episodes played so far are still worth their results (exit code 0).
     return run_node(TaskNode, NODE_NAME, args, spin=spin, stop=lambda node: node.report())
