@@ -74,6 +74,9 @@ def test_default_config_round_trips_through_json():
     (ExecutorConfig, {'start_action': 'jump'}, 'start_action'),
     (PretrainConfig, {'temperature_init': 0.001}, 'temperature_init'),
     (FusionConfig, {'projector_hidden': -1}, 'non-negative'),
+    (FusionConfig, {'grounding_dim': -1}, 'grounding_dim'),
+    (FusionConfig, {'grounding_dim': True}, 'grounding_dim'),
+    (FusionConfig, {'task_parameters': 1}, 'task_parameters'),
 ])
 def test_config_rejects_bad_values(section, values, message):
     with pytest.raises(ValueError, match=message):
@@ -93,6 +96,16 @@ def test_config_from_dict_requires_every_key():
     del data['pretrain']
     with pytest.raises(ValueError, match='sections'):
         ModelConfig.from_dict(data)
+
+
+def test_config_of_an_older_checkpoint_rebuilds_the_older_model():
+    data = ModelConfig().to_dict()
+    del data['fusion']['grounding_dim'], data['fusion']['task_parameters']
+    config = ModelConfig.from_dict(data)
+    assert config.fusion.grounding_dim == 0 and config.fusion.task_parameters is False
+    model = VLITModel(config)
+    assert model.vlm.state_dim == config.fusion.dim + 384
+    assert model.vlm.fusion.grounding is None and model.vlm.fusion.task_head is None
 
 
 # -- images and vision ----------------------------------------------------------------------
@@ -195,7 +208,27 @@ def test_forward_shapes_and_cross_entropy(minilm_model):
     assert torch.allclose(loss, expected)
     del batch['action']
     assert minilm_model(batch)[1] is None
-    assert minilm_model.vlm.state_dim == 256 + 384
+    # state query, sentence, grounding map (48 patches) and its summary, task parameters
+    assert minilm_model.vlm.state_dim == 256 + 384 + 48 + 3 + 2
+
+
+def test_grounding_map_and_task_parameters_ride_in_the_fused_state(minilm_model):
+    images = torch.from_numpy(random_images(2))
+    vlm = minilm_model.vlm
+    with torch.no_grad():
+        tokens = vlm.image_tokens(vlm.preprocess(images))
+        text = vlm.encode_text(['go to the red cube', 'back up a meter'])
+        details = vlm.fuse_details(tokens, text)
+    assert details.grounding.shape == (2, 48)
+    assert details.task_parameters.shape == (2, 2)
+    assert torch.equal(details.state, vlm.fuse(tokens, text))
+    assert torch.allclose(details.state[:, 640:688], torch.sigmoid(details.grounding))
+    assert torch.equal(details.state[:, -2:], details.task_parameters)
+    # The summary's centroid: a lone patch at the top left is left (+1) and up (-1).
+    logits = torch.full((1, 48), -20.0)
+    logits[0, 0] = 20.0
+    _, summary = vlm.fusion.grounding_features(logits)
+    assert torch.allclose(summary[0], torch.tensor([math.log(2.0), 1.0, -1.0]), atol=2e-3)
 
 
 def test_text_index_batches_match_per_row_texts(minilm_model):
@@ -218,8 +251,10 @@ def test_instruction_content_reaches_the_fused_state(minilm_model):
         ninety = vlm.fuse(tokens, vlm.encode_text(['turn left 90 degrees']))
         forty_five = vlm.fuse(tokens, vlm.encode_text(['turn left 45 degrees']))
     # The scaled sentence embedding is the second part of the fused state.
-    assert not torch.allclose(ninety[:, 256:], forty_five[:, 256:])
-    assert torch.allclose(ninety[:, 256:].norm(), torch.tensor(math.sqrt(384.0)), rtol=1e-4)
+    sentence = slice(256, 256 + 384)
+    assert not torch.allclose(ninety[:, sentence], forty_five[:, sentence])
+    assert torch.allclose(ninety[:, sentence].norm(), torch.tensor(math.sqrt(384.0)),
+                          rtol=1e-4)
 
 
 def test_odometry_features():

@@ -7,15 +7,18 @@ import json
 import math
 from pathlib import Path
 import random
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from vlit_ros.sim.episode import TRAINING_SEED_BASE
-from vlit_ros.sim.scene import ObjectSpec, Scene
+from vlit_ros.sim.scene import COLORS, ObjectSpec, Scene
 from vlit_ros.sim.tasks import FAMILIES, load_instructions
+from vlit_ros.sim.world import World
 from vlit_ros.training import captions
 from vlit_ros.training.datagen import GenDataConfig, generate
+from vlit_ros.training.datasets import grounding_labels, NO_BOX, target_boxes
 from vlit_ros.training.phrasings import (training_instruction, unseen_goto_instructions,
                                          UNSEEN_GOTO_SEED, UNSEEN_GOTO_TEMPLATES,
                                          uses_template)
@@ -51,6 +54,70 @@ def test_hidden_object_is_not_mentioned():
                                    ObjectSpec('cylinder', 'green', 3.0, 2.5, 0.2)))
     assert [o.color for o in captions.visible_objects(scene, (0.0, 0.0, 0.0))] == \
         ['green', 'red']
+
+
+def _pixels_of(image, rgb):
+    distance = np.abs(image.astype(np.int32) - np.array(rgb) * 255).sum(-1)
+    rows, cols = np.nonzero(distance < 90)
+    height, width = image.shape[:2]
+    return (cols.min() / width, (cols.max() + 1) / width, rows.min() / height,
+            (rows.max() + 1) / height)
+
+
+def test_image_box_bounds_the_object_in_the_rendered_image():
+    scene = _scene()
+    with World(scene=scene) as world:
+        image = world.render()
+    for obj in scene.objects[:2]:
+        box = captions.image_box(scene, (0.0, 0.0, 0.0), obj)
+        seen = _pixels_of(image, COLORS[obj.color])
+        tolerance = 2.0 / 96
+        assert box[0] - tolerance <= seen[0] and seen[1] <= box[1] + tolerance
+        assert box[2] - tolerance <= seen[2] and seen[3] <= box[3] + tolerance
+        # Generous, but not by much: at most twice the rendered extent across.
+        assert box[1] - box[0] <= 2.0 * (seen[1] - seen[0])
+    left = captions.image_box(scene, (0.0, 0.0, 0.0), scene.objects[0])
+    right = captions.image_box(scene, (0.0, 0.0, 0.0), scene.objects[1])
+    assert left[1] < 0.5 < right[0]
+    # Nearer objects reach lower in the image.
+    assert left[3] > right[3]
+    assert captions.image_box(scene, (0.0, 0.0, 0.0), scene.objects[2]) is None
+
+
+def test_grounding_labels_cover_the_target_box_patch_by_patch():
+    boxes = np.array([NO_BOX, (0.0, 0.25, 0.5, 1.0), (0.1, 0.2, 0.0, 1.0 / 6)], np.float32)
+    labels = grounding_labels(boxes, (6, 8)).reshape(3, 6, 8)
+    assert not labels[0].any()
+    expected = np.zeros((6, 8))
+    expected[3:, :2] = 1.0
+    np.testing.assert_allclose(labels[1], expected, atol=1e-6)
+    np.testing.assert_allclose(labels[2][0, :2], [0.2, 0.6], atol=1e-5)
+    assert labels[2][1:].sum() == 0.0
+    # Only goto frames name an object; the named object's box is where image_box puts it.
+    scene = Scene.generate(TRAINING_SEED_BASE)
+    target = scene.objects[0]
+    pose = np.array([[scene.robot_x, scene.robot_y, scene.robot_yaw]], np.float32)
+    goto = {'seed': scene.seed, 'task': {'type': 'goto', 'color': target.color,
+                                         'shape': target.shape}}
+    expected_box = captions.image_box(scene, tuple(float(v) for v in pose[0]), target)
+    got = target_boxes(goto, pose)[0]
+    if expected_box is None:
+        assert tuple(got) == NO_BOX
+    else:
+        np.testing.assert_allclose(got, expected_box, atol=1e-6)
+    turn = {'seed': scene.seed, 'task': {'type': 'turn', 'angle_deg': 90.0}}
+    assert not target_boxes(turn, pose).any()
+
+
+def test_a_hidden_target_has_no_box():
+    scene = Scene(seed=0, objects=(ObjectSpec('cube', 'red', 1.0, 0.0, 0.3),
+                                   ObjectSpec('sphere', 'blue', 3.0, 0.0, 0.2)))
+    pose = np.zeros((1, 3), np.float32)
+    hidden = {'seed': 0, 'task': {'type': 'goto', 'color': 'blue', 'shape': 'sphere'}}
+    front = {'seed': 0, 'task': {'type': 'goto', 'color': 'red', 'shape': 'cube'}}
+    with mock.patch.object(Scene, 'generate', return_value=scene):
+        assert not target_boxes(hidden, pose).any()
+        assert target_boxes(front, pose).any()
 
 
 def test_hard_negatives_change_one_attribute_and_are_false():

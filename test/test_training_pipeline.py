@@ -4,6 +4,7 @@
 """End to end on tiny data: gen-data -> pretrain -> finetune with DAgger; resume; DDP."""
 
 import json
+import math
 import os
 from pathlib import Path
 import subprocess
@@ -12,16 +13,19 @@ import sys
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+import torch
 
 from vlit_ros.cli import main
 from vlit_ros.core.actions import ACTIONS
+from vlit_ros.core.model import VLITModel
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.sim.episode import make_episode, Observation
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.sim.world import World
-from vlit_ros.training import train_all
+from vlit_ros.training import finetune, loop, train_all
 from vlit_ros.training.datasets import TrajectorySet
 from vlit_ros.training.loop import STATE_DIR
+from vlit_ros.training.presets import model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ['--preset', 'tiny', '--threads', '2', '--quiet']
@@ -62,7 +66,9 @@ def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
                  '--eval-episodes', '2', '--checkpoint-every', '0'] + TINY_MODEL) == 0
     history = _history(tuned)
     assert history[-1]['step'] == 20
-    assert min(row['loss'] for row in history) < history[0]['loss']
+    assert min(row['loss_action'] for row in history) < history[0]['loss_action']
+    assert all(math.isfinite(row[key]) for row in history
+               for key in ('loss', 'loss_grounding', 'loss_task', 'loss_auxiliary'))
     record = json.loads((tuned / 'training.json').read_text())
     assert record['dagger_rounds'][0]['frames'] > 0
     assert record['evaluation']['episodes_total'] == 2
@@ -83,6 +89,26 @@ def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
         policy.reset(spec.instruction.text)
         obs = Observation(world, world.odometry().as_tuple(), 0.0)
         assert policy.act(obs) in ACTIONS
+
+
+def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
+    torch.manual_seed(0)
+    model = VLITModel(model_config('tiny')).train()
+    frames = TrajectorySet.load([data], FAMILIES, model.start_action)
+    context = loop.DistributedContext()
+    batch = finetune.FamilyBatches(frames, 32, 0, context).batch(0)
+    assert batch['target_box'].any(), 'the batch should hold frames with the target in view'
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    weights = finetune.LossWeights(auxiliary=0.0)
+    history = []
+    for _ in range(40):
+        losses = finetune.imitation_losses(model, None, batch, weights)
+        optimiser.zero_grad()
+        losses['loss'].backward()
+        optimiser.step()
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+    for key in ('loss_grounding', 'loss_task', 'loss_action'):
+        assert history[-1][key] < 0.5 * history[0][key], key
 
 
 def test_resume_continues_from_the_saved_step(data, tmp_path):

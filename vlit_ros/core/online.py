@@ -17,7 +17,7 @@ JSON-ready header and a flat list of float32 values:
     header = {"layout": "vlit_ros/experience/1", "policy_version": "3f2a9c01b7d4+12",
               "stamp": 41.2, "episode": 3, "prev_action": 1, "action": 2,
               "log_prob": -0.41, "value": 0.83, "temperature": 1.0,
-              "odometry_dim": 8, "state_dim": 640,
+              "odometry_dim": 8, "state_dim": 693,
               "instruction": "go to the red cube",        # optional
               "image_shape": [96, 128, 3], "image": "<base64 of the uint8 RGB pixels>"}
     values = odometry features (8) followed by the fused state (state_dim)

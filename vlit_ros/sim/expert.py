@@ -30,7 +30,10 @@ _AVOID_MARGIN = 0.12
 # How far ahead a heading must be clear before the expert takes it (m).
 _LOOKAHEAD = 1.2
 _CANDIDATE_HEADINGS = np.radians(np.arange(-180.0, 180.0, 5.0))
-_GOTO_STOP_DISTANCE = 0.6
+# Stops this close to the target's centre: 0.15 m inside the 0.7 m success radius, so a
+# learner judging distance from the image has slack, and clear of the largest object's
+# footprint (0.24 m half-side, 0.34 m to a corner, plus the robot's 0.2 m radius).
+_GOTO_STOP_DISTANCE = 0.55
 _TURN_IN_PLACE_ABOVE = 0.5
 _ARC_ABOVE = 0.12
 # The target counts as in view when its centre lies this far inside the camera's edges (deg).

@@ -10,10 +10,10 @@ describes the view.
 from dataclasses import dataclass
 import math
 import random
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from vlit_ros.core.geometry import Pose2D, to_frame, wrap_angle
-from vlit_ros.sim.scene import COLORS, Scene, SHAPES
+from vlit_ros.sim.scene import COLORS, ObjectSpec, Scene, SHAPES
 
 # Range words: closer than NEAR_M is "close", farther than FAR_M is "far", else no word.
 NEAR_M = 1.5
@@ -55,6 +55,54 @@ def camera_pose(scene: Scene, robot_pose: Pose2D) -> Pose2D:
     return (robot_pose[0] + offset * math.cos(robot_pose[2]),
             robot_pose[1] + offset * math.sin(robot_pose[2]),
             wrap_angle(robot_pose[2] + math.radians(robot.camera_yaw_deg)))
+
+
+# Horizontal radius of an object's silhouette over its `size`: a cube's diagonal reaches
+# sqrt(2) of its half-extent, seen from a corner; 1.2 is between face-on and corner-on.
+_SILHOUETTE_RADIUS = {'cube': 1.2, 'sphere': 1.0, 'cylinder': 1.0}
+# Nearest depth (m) a box is projected at, so an object beside the lens stays finite.
+_MIN_DEPTH_M = 0.05
+
+
+def image_box(scene: Scene, robot_pose: Pose2D, obj: ObjectSpec
+              ) -> Optional[Tuple[float, float, float, float]]:
+    """
+    Return the box (left, right, top, bottom) an object covers in the front image, or None.
+
+    Coordinates are fractions of the image width and height (0 = left / top edge), clipped
+    to the image; None when no part of the object is in front of the camera and inside the
+    field of view. The box bounds the object's silhouette from its nearest depth, so it is
+    a little generous; occlusion by other objects is not taken into account here.
+    """
+    robot = scene.robot
+    cam = camera_pose(scene, robot_pose)
+    x, y = to_frame(cam, obj.x, obj.y)
+    radius = obj.size * _SILHOUETTE_RADIUS[obj.shape]
+    distance = math.hypot(x, y)
+    if distance <= radius:
+        return None
+    bearing = math.atan2(y, x)
+    half = math.asin(radius / distance)
+    tan_half_fov = math.tan(math.radians(robot.camera_hfov_deg) / 2.0)
+    edges = []
+    for angle in (bearing + half, bearing - half):
+        # Directions beyond 90 degrees project to one side or the other, off the image.
+        angle = max(-math.pi / 2 + 1e-3, min(math.pi / 2 - 1e-3, angle))
+        edges.append(0.5 - math.tan(angle) / (2.0 * tan_half_fov))
+    left, right = max(edges[0], 0.0), min(edges[1], 1.0)
+    depth = x - radius
+    if right <= left or x + radius <= 0.0:
+        return None
+    depth = max(depth, _MIN_DEPTH_M)
+    # Square pixels: the vertical focal length in image heights is the horizontal one
+    # scaled by width / height.
+    focal = robot.image_width / robot.image_height / (2.0 * tan_half_fov)
+    top = 0.5 - (obj.height - robot.camera_height) / depth * focal
+    bottom = 0.5 + robot.camera_height / depth * focal
+    top, bottom = max(top, 0.0), min(bottom, 1.0)
+    if bottom <= top:
+        return None
+    return left, right, top, bottom
 
 
 def visible_objects(scene: Scene, robot_pose: Pose2D) -> List[ViewObject]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import GotoTask, MoveTask, task_from_dict, TurnTask
-from vlit_ros.training.captions import visible_objects
+from vlit_ros.training.captions import image_box, visible_objects
 from vlit_ros.training.shards import iter_shards, read_shard
 
 
@@ -106,6 +106,65 @@ def auxiliary_targets(episode: dict, poses: np.ndarray) -> Tuple[np.ndarray, np.
     return targets, mask
 
 
+# A frame whose instruction names no object, or whose named object is out of view.
+NO_BOX = (0.0, 0.0, 0.0, 0.0)
+
+
+def target_boxes(episode: dict, poses: np.ndarray) -> np.ndarray:
+    """
+    Return (frames, 4) boxes (left, right, top, bottom) of the named object in each image.
+
+    In image fractions, from `image_box`; `NO_BOX` where the instruction names no object
+    (turn, move, stop), where the object is out of view, and where a nearer object's box
+    covers its box whole (hidden). They are the grounding head's training labels.
+    """
+    boxes = np.zeros((poses.shape[0], 4), np.float32)
+    task = task_from_dict(episode['task'])
+    if not isinstance(task, GotoTask):
+        return boxes
+    scene = Scene.generate(episode['seed'])
+    target = task.target(scene)
+    others = [o for o in scene.objects if o is not target]
+    for row, pose in enumerate(poses):
+        pose = tuple(float(p) for p in pose)
+        box = image_box(scene, pose, target)
+        if box is None:
+            continue
+        distance = math.hypot(target.x - pose[0], target.y - pose[1])
+        hidden = False
+        for other in others:
+            if math.hypot(other.x - pose[0], other.y - pose[1]) >= distance:
+                continue
+            cover = image_box(scene, pose, other)
+            if cover is not None and cover[0] <= box[0] and cover[1] >= box[1] and \
+                    cover[2] <= box[2] and cover[3] >= box[3]:
+                hidden = True
+                break
+        if not hidden:
+            boxes[row] = box
+    return boxes
+
+
+def grounding_labels(boxes: np.ndarray, grid: Tuple[int, int]) -> np.ndarray:
+    """
+    Return (B, rows * cols) soft labels: the share of each patch a box covers.
+
+    Patches are in the vision encoder's token order (row by row from the top left); an
+    empty box labels every patch 0.
+    """
+    rows, cols = grid
+
+    def overlap(low, high, cells):
+        edges = np.arange(cells + 1, dtype=np.float32) / cells
+        covered = np.minimum(high[:, None], edges[None, 1:]) - \
+            np.maximum(low[:, None], edges[None, :-1])
+        return np.clip(covered * cells, 0.0, 1.0)
+
+    across = overlap(boxes[:, 0], boxes[:, 1], cols)
+    down = overlap(boxes[:, 2], boxes[:, 3], rows)
+    return (down[:, :, None] * across[:, None, :]).reshape(len(boxes), rows * cols)
+
+
 @dataclass
 class TrajectorySet:
     """
@@ -113,7 +172,8 @@ class TrajectorySet:
 
     `text_index[i]` points into `texts`; `prev_action[i]` is the action taken at the frame
     before (`start_action` on an episode's first frame); `family[i]` indexes `families`;
-    `auxiliary[i]` and `auxiliary_mask[i]` are the frame's auxiliary targets.
+    `auxiliary[i]` and `auxiliary_mask[i]` are the frame's auxiliary targets; `target_box[i]`
+    is where the named object is in the image (`target_boxes`).
     """
 
     arrays: Dict[str, np.ndarray]
@@ -124,6 +184,7 @@ class TrajectorySet:
     families: Tuple[str, ...]
     auxiliary: np.ndarray
     auxiliary_mask: np.ndarray
+    target_box: np.ndarray
 
     def __len__(self) -> int:
         return int(self.text_index.shape[0])
@@ -134,7 +195,7 @@ class TrajectorySet:
                     size: Optional[Tuple[int, int]] = None) -> 'TrajectorySet':
         columns: Dict[str, List[np.ndarray]] = {name: [] for name in _FRAME_ARRAYS}
         text_ids: Dict[str, int] = {}
-        text_index, prev, family, auxiliary, auxiliary_mask = [], [], [], [], []
+        text_index, prev, family, auxiliary, auxiliary_mask, boxes = [], [], [], [], [], []
         for arrays, meta in shards:
             frames = arrays['step'].shape[0]
             if frames == 0:
@@ -143,11 +204,14 @@ class TrajectorySet:
             per_frame_family = np.empty(frames, np.int64)
             targets = np.zeros((frames, len(AUXILIARY_TARGETS)), np.float32)
             mask = np.zeros_like(targets, dtype=bool)
+            box = np.zeros((frames, 4), np.float32)
             for episode in meta['episodes']:
                 span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
                 per_frame_text[span] = text_ids.setdefault(episode['text'], len(text_ids))
                 per_frame_family[span] = families.index(episode['family'])
                 targets[span], mask[span] = auxiliary_targets(episode, arrays['pose'][span])
+                box[span] = target_boxes(episode, arrays['pose'][span])
+            boxes.append(box)
             auxiliary.append(targets)
             auxiliary_mask.append(mask)
             taken = arrays['taken_action']
@@ -163,7 +227,7 @@ class TrajectorySet:
         return cls({k: np.concatenate(v) for k, v in columns.items()}, list(text_ids),
                    np.concatenate(text_index), np.concatenate(prev).astype(np.int64),
                    np.concatenate(family), tuple(families), np.concatenate(auxiliary),
-                   np.concatenate(auxiliary_mask))
+                   np.concatenate(auxiliary_mask), np.concatenate(boxes))
 
     @classmethod
     def load(cls, roots: Iterable[Path], families: Sequence[str], start_action: int,

@@ -15,7 +15,11 @@ Three things make this learnable in a CPU budget:
   its previous action;
 - a training-only auxiliary head regresses, from the fused state, where the named object is
   (bearing, distance, in view or not) and how far the instruction asks to turn or drive
-  (`--auxiliary-weight`); the head is not part of the checkpoint.
+  (`--auxiliary-weight`); the head is not part of the checkpoint;
+- the model's grounding head learns, patch by patch, where the named object is from its
+  ground-truth box in the image (binary cross-entropy, `--grounding-weight`), and its task
+  head the requested angle and distance (squared error, `--task-weight`): dense labels that
+  teach the vision encoder colours and shapes far faster than the action loss alone.
 
 The run is a sequence of stages (cloning, then per round: rollouts, training), each ending
 with a checkpoint, so an interrupted run resumes where it stopped; the rollouts of a round
@@ -32,18 +36,20 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.model import (as_image_batch, load_checkpoint, load_weights_from_bytes,
                                  PretrainingModel, save_checkpoint, VLITModel)
 from vlit_ros.core.model.checkpoint import WEIGHTS_FILE
+from vlit_ros.core.model.fusion import TASK_PARAMETERS
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.sim.episode import make_episode, TRAINING_SEED_BASE
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training import loop
 from vlit_ros.training.datagen import FAMILY_PLAN
-from vlit_ros.training.datasets import AUXILIARY_TARGETS, TrajectorySet
+from vlit_ros.training.datasets import AUXILIARY_TARGETS, grounding_labels, TrajectorySet
 from vlit_ros.training.phrasings import training_instruction
 from vlit_ros.training.presets import model_config, PRESETS, TEXT_ENCODERS
 from vlit_ros.training.report import family_rates, write_report
@@ -133,7 +139,8 @@ class FamilyBatches:
                 'prev_action': self.data.prev_action[rows],
                 'action': arrays['expert_action'][rows],
                 'auxiliary': self.data.auxiliary[rows],
-                'auxiliary_mask': self.data.auxiliary_mask[rows]}
+                'auxiliary_mask': self.data.auxiliary_mask[rows],
+                'target_box': self.data.target_box[rows]}
 
 
 def auxiliary_head(state_dim: int) -> nn.Module:
@@ -142,18 +149,33 @@ def auxiliary_head(state_dim: int) -> nn.Module:
                          nn.Linear(128, len(AUXILIARY_TARGETS)))
 
 
+# Auxiliary-target columns the task head regresses, in the order of its outputs.
+_TASK_COLUMNS = [AUXILIARY_TARGETS.index(name) for name in TASK_PARAMETERS]
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the losses added to the action cross-entropy."""
+
+    auxiliary: float = 1.0
+    grounding: float = 1.0
+    task: float = 5.0
+
+
 def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
-                     auxiliary_weight: float) -> Dict[str, torch.Tensor]:
+                     weights: LossWeights) -> Dict[str, torch.Tensor]:
     """
-    Return the action cross-entropy plus the weighted auxiliary loss, and metrics.
+    Return the action cross-entropy plus the weighted extra losses, and metrics.
 
     The forward pass is `VLITModel.forward` spelled out, so that the fused state also feeds
-    the auxiliary head.
+    the auxiliary head, and the grounding logits and task parameters their losses.
     """
     device = model.device
     vlm = model.vlm
     images = as_image_batch(batch['image'], device)
-    fused = vlm.fuse(vlm.image_tokens(vlm.preprocess(images)), model.batch_text(batch))
+    details = vlm.fuse_details(vlm.image_tokens(vlm.preprocess(images)),
+                               model.batch_text(batch))
+    fused = details.state
     targets = torch.as_tensor(batch['action'], device=device)
     output, action_loss = model.executor(
         fused, model.batch_odometry(batch),
@@ -161,13 +183,28 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
     losses = {'loss_action': action_loss.detach(),
               'accuracy': (output.logits.argmax(-1) == targets).float().mean().detach()}
     total = action_loss
-    if head is not None:
-        mask = torch.as_tensor(batch['auxiliary_mask'], device=device)
-        wanted = torch.as_tensor(batch['auxiliary'], device=device)
+    mask = torch.as_tensor(batch['auxiliary_mask'], device=device)
+    wanted = torch.as_tensor(batch['auxiliary'], device=device)
+    if head is not None and weights.auxiliary > 0:
         error = (head(fused) - wanted).pow(2) * mask
         auxiliary = error.sum() / mask.sum().clamp_min(1)
         losses['loss_auxiliary'] = auxiliary.detach()
-        total = total + auxiliary_weight * auxiliary
+        total = total + weights.auxiliary * auxiliary
+    if details.grounding is not None and weights.grounding > 0:
+        labels = torch.as_tensor(grounding_labels(batch['target_box'], vlm.grid),
+                                 device=device)
+        # Summed over patches, averaged over frames: a frame's few target patches count as
+        # much as its many empty ones would if averaged.
+        grounding = F.binary_cross_entropy_with_logits(
+            details.grounding.float(), labels, reduction='sum') / labels.shape[0]
+        losses['loss_grounding'] = grounding.detach()
+        total = total + weights.grounding * grounding
+    if details.task_parameters is not None and weights.task > 0:
+        task_mask = mask[:, _TASK_COLUMNS]
+        error = (details.task_parameters.float() - wanted[:, _TASK_COLUMNS]).pow(2) * task_mask
+        task = error.sum() / task_mask.sum().clamp_min(1)
+        losses['loss_task'] = task.detach()
+        total = total + weights.task * task
     losses['loss'] = total
     return losses
 
@@ -245,6 +282,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--auxiliary-weight', type=float, default=1.0,
                         help='weight of the auxiliary loss on the fused state (target bearing '
                              'and distance, requested angle or distance; default: 1; 0: none)')
+    parser.add_argument('--grounding-weight', type=float, default=1.0,
+                        help='weight of the grounding loss: per patch, does it show the named '
+                             'object (default: 1; 0: none)')
+    parser.add_argument('--task-weight', type=float, default=5.0,
+                        help='weight of the task-parameter loss: the requested angle and '
+                             'distance read from the instruction (default: 5; 0: none)')
     parser.add_argument('--dagger-rounds', type=int, default=3,
                         help='DAgger rounds after cloning (default: 3; 0: cloning only)')
     parser.add_argument('--dagger-episodes', type=int, default=150,
@@ -283,9 +326,10 @@ def _run(args, context: loop.DistributedContext) -> int:
 
     head = auxiliary_head(model.vlm.state_dim).to(context.device) \
         if args.auxiliary_weight > 0 else None
+    weights = LossWeights(args.auxiliary_weight, args.grounding_weight, args.task_weight)
 
     def loss_fn(m, step):
-        return imitation_losses(m, head, batches.batch(step), args.auxiliary_weight)
+        return imitation_losses(m, head, batches.batch(step), weights)
 
     trainer = loop.Trainer(model, loss_fn, lambda d: save_checkpoint(model, d), out, context,
                            'finetune', progress=not args.quiet, auxiliary=head)

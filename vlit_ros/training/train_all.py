@@ -27,8 +27,11 @@ from vlit_ros.training.presets import TEXT_ENCODERS
 from vlit_ros.training.shards import MANIFEST, read_json, write_json
 
 # Behaviour-cloning steps after DAgger (the `polish` stage) and where its data is pooled.
-POLISH_STEPS = 5000
+POLISH_STEPS = 3000
 POOLED = 'dagger_data'
+# Pretraining steps of train-all: fewer than `vlit-ros pretrain`'s default, so that the
+# whole run fits the one-hour budget on a 2-core machine with the polish stage.
+PRETRAIN_STEPS = 450
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='text encoder (default: minilm)')
     parser.add_argument('--no-pretrain', action='store_true',
                         help='ablation: fine-tune from a randomly initialised model')
-    parser.add_argument('--pretrain-steps', type=int, default=None,
-                        help='pretraining steps (default: as vlit-ros pretrain)')
+    parser.add_argument('--pretrain-steps', type=int, default=PRETRAIN_STEPS,
+                        help=f'pretraining steps (default: {PRETRAIN_STEPS})')
     parser.add_argument('--finetune-steps', type=int, default=None,
                         help='behaviour-cloning steps (default: as vlit-ros finetune)')
     parser.add_argument('--dagger-rounds', type=int, default=None,
@@ -80,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_pretrain:
         pretrain_argv = ['--data', str(data), '--out', str(out / 'pretrain'),
                          '--text-encoder', args.text_encoder] + common
-        if args.pretrain_steps is not None:
-            pretrain_argv += ['--steps', str(args.pretrain_steps)]
+        pretrain_argv += ['--steps', str(args.pretrain_steps)]
         stages.append(('pretrain', pretrain, pretrain_argv))
         finetune_argv += ['--init', str(out / 'pretrain')]
     if args.finetune_steps is not None:
@@ -91,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     stages.append(('finetune', finetune, finetune_argv))
     polish = args.polish_steps > 0 and args.dagger_rounds != 0
     if polish:
+        # The polish stage ends with the evaluation; the finetune stage's would be wasted.
+        finetune_argv += ['--eval-episodes', '0']
         stages.append(('polish', finetune, [
             '--init', str(out / 'finetune'), '--data', str(data), '--data', str(out / POOLED),
             '--out', str(out / 'polish'), '--steps', str(args.polish_steps), '--lr', '3e-4',

@@ -157,6 +157,12 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     # dropout inside the fusion blocks during training
     dropout: float = 0.0
+    # width of the grounding head's query-key space: it scores every image patch for "shows
+    # the object the instruction names" and the executor reads that map; 0 means no map
+    grounding_dim: int = 128
+    # regress the requested turn angle and drive distance from the sentence embedding and
+    # hand them to the executor as two numbers, next to the odometry they are compared with
+    task_parameters: bool = True
 
     def __post_init__(self):
         owner = 'FusionConfig'
@@ -169,6 +175,11 @@ class FusionConfig:
         _check_heads(owner, self.dim, self.heads)
         _check_number(owner, 'mlp_ratio', self.mlp_ratio, 0.0, 16.0, low_open=True)
         _check_number(owner, 'dropout', self.dropout, 0.0, 0.9)
+        if isinstance(self.grounding_dim, bool) or not isinstance(self.grounding_dim, int) \
+                or self.grounding_dim < 0:
+            raise ValueError(f'{owner}.grounding_dim must be a non-negative integer, '
+                             f'got {self.grounding_dim!r}')
+        _check_bool(owner, 'task_parameters', self.task_parameters)
 
 
 @dataclass
@@ -233,6 +244,9 @@ class PretrainConfig:
 
 _SECTIONS = {'vision': VisionConfig, 'text': TextConfig, 'fusion': FusionConfig,
              'executor': ExecutorConfig, 'pretrain': PretrainConfig}
+# Fields added after checkpoints were first shipped. A config.json written before a field
+# existed does not have it; it then takes the value that builds the model that file describes.
+_ADDED_FIELDS = {'fusion': {'grounding_dim': 0, 'task_parameters': False}}
 
 
 @dataclass
@@ -262,7 +276,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> 'ModelConfig':
-        """Build from `to_dict` output; every section and field must be present."""
+        """
+        Build from `to_dict` output; every section and field must be present.
+
+        The one exception are `_ADDED_FIELDS`, which older checkpoints lack: they get the
+        value that rebuilds the older model.
+        """
         if not isinstance(data, dict):
             raise ValueError(f'model config must be a JSON object, got {type(data).__name__}')
         unknown = sorted(set(data) - set(_SECTIONS))
@@ -276,6 +295,7 @@ class ModelConfig:
             if not isinstance(values, dict):
                 raise ValueError(f'model config section {name!r} must be a JSON object')
             expected = {f.name for f in fields(section_cls)}
+            values = dict(_ADDED_FIELDS.get(name, {}), **values)
             unknown = sorted(set(values) - expected)
             missing = sorted(expected - set(values))
             if unknown or missing:

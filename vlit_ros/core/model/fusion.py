@@ -8,12 +8,19 @@ Cross-modal alignment: the vision-language model (encoders, projector, fusion, a
   tokens, and an MLP. The fused state is [state query output, scaled sentence embedding]:
   the raw sentence embedding rides along so instruction content ("90 degrees", "two
   meters") reaches the executor even where the image says nothing about it.
+- `GroundingHead`: scores every image patch for showing the object the instruction names
+  (a query from the sentence embedding against a key per patch, as in open-vocabulary
+  detectors). Trained densely from ground-truth geometry during instruction tuning; the
+  map and its centroid ride in the fused state, so the executor reads where the named
+  object is and how much of the view it fills instead of having to pool it out.
+- Task parameters: the requested turn angle and drive distance regressed from the sentence
+  embedding, two numbers the executor compares with odometry.
 - `VisionLanguageModel`: the encoders plus the above, the image-text alignment score, and
   the per-instruction embedding cache.
 """
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -38,12 +45,67 @@ class Projector(nn.Module):
         return self.net(tokens)
 
 
-class CrossModalFusion(nn.Module):
-    """Text queries over projected image tokens -> fused state (B, dim + text_dim)."""
+# Initial logit of the grounding map: few patches show the named object.
+GROUNDING_PRIOR_LOGIT = -3.0
+# The grounding map's summary: log(1 + mass), centroid column and row.
+GROUNDING_SUMMARY = 3
+# Task parameters: requested turn angle over pi (+ = left), requested distance over 2 m.
+TASK_PARAMETERS = ('turn_angle', 'move_distance')
 
-    def __init__(self, text_dim: int, config: FusionConfig):
+
+class GroundingHead(nn.Module):
+    """Per-patch logits of "this patch shows the object the instruction names"."""
+
+    def __init__(self, text_dim: int, dim: int):
         super().__init__()
-        self.state_dim = config.dim + text_dim
+        self.query = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.key = nn.Linear(text_dim, dim)
+        self.bias = nn.Parameter(torch.tensor(GROUNDING_PRIOR_LOGIT))
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, patches: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        """Return logits (B, N) of normalised patch tokens (B, N, D) for sentences (B, D)."""
+        query = self.query(sentence.to(patches.dtype))
+        return torch.einsum('bnd,bd->bn', self.key(patches), query) * self.scale + self.bias
+
+
+class FusionOutput(NamedTuple):
+    """The fused state, with the grounding logits and task parameters it holds (or None)."""
+
+    state: torch.Tensor
+    grounding: Optional[torch.Tensor]
+    task_parameters: Optional[torch.Tensor]
+
+
+class CrossModalFusion(nn.Module):
+    """
+    Text queries over projected image tokens -> fused state (B, state_dim).
+
+    The state is [state query output (dim), scaled sentence embedding (text_dim)], then,
+    when configured, the grounding map's probabilities (one per patch) and summary (3),
+    and the two task parameters.
+    """
+
+    def __init__(self, text_dim: int, config: FusionConfig, grid: Tuple[int, int] = (1, 1),
+                 leading_tokens: int = 0):
+        super().__init__()
+        self.leading_tokens = leading_tokens
+        patches = grid[0] * grid[1]
+        self.grounding = GroundingHead(text_dim, config.grounding_dim) \
+            if config.grounding_dim else None
+        self.task_head = nn.Sequential(nn.Linear(text_dim, config.dim), nn.GELU(),
+                                       nn.Linear(config.dim, len(TASK_PARAMETERS))) \
+            if config.task_parameters else None
+        self.state_dim = config.dim + text_dim + \
+            (patches + GROUNDING_SUMMARY if self.grounding is not None else 0) + \
+            (len(TASK_PARAMETERS) if self.task_head is not None else 0)
+        # Patch centres on [-1, 1]: columns with + to the left (as bearings), rows with + down
+        # (nearer the robot, for objects on the floor).
+        rows, cols = grid
+        column = torch.linspace(1.0, -1.0, cols) if cols > 1 else torch.zeros(1)
+        row = torch.linspace(-1.0, 1.0, rows) if rows > 1 else torch.zeros(1)
+        self.register_buffer('patch_column', column.repeat(rows), persistent=False)
+        self.register_buffer('patch_row', row.repeat_interleave(cols), persistent=False)
         self.sentence_in = nn.Linear(text_dim, config.dim)
         self.tokens_in = nn.Linear(text_dim, config.dim)
         # Image tokens are normalised once here rather than in every block.
@@ -59,6 +121,10 @@ class CrossModalFusion(nn.Module):
 
     def forward(self, image_tokens: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """Return the fused state of image tokens (B, N, text_dim) and encoded text."""
+        return self.fuse(image_tokens, text).state
+
+    def fuse(self, image_tokens: torch.Tensor, text: TextFeatures) -> FusionOutput:
+        """Return the fused state with the grounding logits and task parameters in it."""
         batch = image_tokens.shape[0]
         queries = torch.cat([self.sentence_in(text.pooled).unsqueeze(1),
                              self.tokens_in(text.tokens)], 1)
@@ -68,7 +134,26 @@ class CrossModalFusion(nn.Module):
         for block in self.blocks:
             queries = block(queries, key_mask=key_mask, context=context)
         state = self.norm(queries[:, 0])
-        return torch.cat([state, text.pooled.to(state.dtype) * self.sentence_scale], -1)
+        sentence = text.pooled.to(state.dtype)
+        parts = [state, sentence * self.sentence_scale]
+        logits = parameters = None
+        if self.grounding is not None:
+            logits = self.grounding(context[:, self.leading_tokens:], sentence)
+            parts += self.grounding_features(logits)
+        if self.task_head is not None:
+            parameters = self.task_head(sentence)
+            parts.append(parameters)
+        return FusionOutput(torch.cat(parts, -1), logits, parameters)
+
+    def grounding_features(self, logits: torch.Tensor) -> List[torch.Tensor]:
+        """Return [probabilities (B, N), summary (B, 3)] of grounding logits (B, N)."""
+        probabilities = torch.sigmoid(logits)
+        mass = probabilities.sum(-1, keepdim=True)
+        weights = probabilities / (mass + 1e-3)
+        summary = torch.cat([torch.log1p(mass),
+                             (weights * self.patch_column).sum(-1, keepdim=True),
+                             (weights * self.patch_row).sum(-1, keepdim=True)], -1)
+        return [probabilities, summary]
 
 
 class VisionLanguageModel(nn.Module):
@@ -82,13 +167,15 @@ class VisionLanguageModel(nn.Module):
         self.text_dim = text_dim
         hidden = config.fusion.projector_hidden or text_dim
         self.projector = Projector(self.vision.dim, hidden, text_dim)
-        self.fusion = CrossModalFusion(text_dim, config.fusion)
+        self.fusion = CrossModalFusion(text_dim, config.fusion, self.vision.grid,
+                                       self.vision.leading_tokens)
         self.state_dim = self.fusion.state_dim
         # Pooled image -> the text space, for the alignment score and the contrastive loss.
         self.image_alignment = nn.Sequential(nn.LayerNorm(text_dim),
                                              nn.Linear(text_dim, text_dim))
         for module in (self.projector, self.fusion, self.image_alignment):
             init_weights(module)
+        self.grid = self.vision.grid
         self.text_cache = TextEmbeddingCache(config.text.cache_size)
         # Cached embeddings are stale once the text encoder's weights change.
         self.register_load_state_dict_post_hook(
@@ -115,6 +202,10 @@ class VisionLanguageModel(nn.Module):
     def fuse(self, image_tokens: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """Return the fused state (B, state_dim)."""
         return self.fusion(image_tokens, text)
+
+    def fuse_details(self, image_tokens: torch.Tensor, text: TextFeatures) -> FusionOutput:
+        """Return the fused state with its grounding logits and task parameters."""
+        return self.fusion.fuse(image_tokens, text)
 
     # -- text --------------------------------------------------------------------------
 

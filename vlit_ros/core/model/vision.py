@@ -86,8 +86,10 @@ class ViTEncoder(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
         self.dim = config.dim
+        # patch rows and columns; every token is a patch (no class token ahead of them)
         self.grid = (config.image_height // config.patch_size,
                      config.image_width // config.patch_size)
+        self.leading_tokens = 0
         self.num_tokens = self.grid[0] * self.grid[1]
         mean, std = _DEFAULT_NORMALISATION['vit']
         self.preprocess = ImagePreprocessor(config.image_height, config.image_width, mean, std)
@@ -133,8 +135,11 @@ class HFVisionTower(nn.Module):
         self.frozen = config.freeze
         # A frozen tower is not copied into checkpoints: `source` names it.
         self.weights_referenced = config.freeze
-        self.num_tokens = (tower.image_size // tower.patch_size) ** 2 + \
-            (1 if config.kind == 'clip' else 0)
+        side = tower.image_size // tower.patch_size
+        self.grid = (side, side)
+        # CLIP puts a class token ahead of the patch tokens; SigLIP has none.
+        self.leading_tokens = 1 if config.kind == 'clip' else 0
+        self.num_tokens = side * side + self.leading_tokens
         mean, std = _normalisation(path, config.kind)
         self.preprocess = ImagePreprocessor(tower.image_size, tower.image_size, mean, std)
         if self.frozen:
@@ -168,7 +173,7 @@ def _normalisation(path, kind: str) -> Tuple[Sequence[float], Sequence[float]]:
 
 
 def build_vision_encoder(config: VisionConfig) -> nn.Module:
-    """Return the vision encoder a config asks for (with `preprocess`, `dim`, `num_tokens`)."""
+    """Return the vision encoder a config asks for (`preprocess`, `dim`, `num_tokens`, `grid`)."""
     if config.kind == 'vit':
         return ViTEncoder(config)
     return HFVisionTower(config)
