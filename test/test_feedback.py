@@ -9,6 +9,7 @@ import os
 import pty
 import random
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -229,3 +230,19 @@ def test_keys_at_a_terminal():
         os.close(controller)
         os.close(terminal)
     assert b'reward: -1 (no subscriber heard it)   [+2 / -1]' in output
+
+
+def test_a_signal_during_a_publish_is_held_until_it_ends():
+    interrupt = feedback.InterruptOutsidePublish()
+    with pytest.raises(KeyboardInterrupt):
+        interrupt(signal.SIGTERM, None)
+    sent = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt.publishing():
+            interrupt(signal.SIGINT, None)
+            sent.append('message')
+    assert sent == ['message']
+    # Nothing pending afterwards: a publish without a signal ends normally.
+    with interrupt.publishing():
+        sent.append('another')
+    assert sent == ['message', 'another']

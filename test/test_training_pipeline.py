@@ -99,6 +99,8 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
     batch = finetune.FamilyBatches(frames, 32, 0, context).batch(0)
     assert batch['target_box'].any(), 'the batch should hold frames with the target in view'
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match='--task-weight must be a non-negative number'):
+        finetune.LossWeights(task=math.nan)
     weights = finetune.LossWeights(auxiliary=0.0)
     history = []
     for _ in range(40):

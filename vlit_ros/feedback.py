@@ -277,8 +277,36 @@ def _from_lines(session: Session) -> None:
             return
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
+class InterruptOutsidePublish:
+    """
+    The SIGINT / SIGTERM handler: raise `KeyboardInterrupt`, but never inside a publish.
+
+    The main thread mostly blocks reading keys, and only an exception ends that read, so the
+    handler raises. Raised while rclpy's C++ code is converting the message being published,
+    the exception would come out as an unrelated pybind11 `RuntimeError` and the message
+    could be half sent; a signal during `publishing()` is held and raised as the block ends.
+    """
+
+    def __init__(self):
+        self._busy = False
+        self._pending = False
+
+    def __call__(self, signum, frame) -> None:
+        if self._busy:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -320,11 +348,17 @@ def _serve(args: argparse.Namespace, keyboard: bool, wait_s: float) -> int:
     except _rclpy.RCLError as exc:
         print(f'vlit-ros feedback: error: {exc}', file=sys.stderr)
         return 2
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupt = InterruptOutsidePublish()
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
     try:
         node = FeedbackNode(context, args.namespace, wait_s)
-        session = Session(node.publish, args.reward_scale,
+
+        def publish(feedback: Feedback) -> int:
+            with interrupt.publishing():
+                return node.publish(feedback)
+
+        session = Session(publish, args.reward_scale,
                           echo=lambda text: print(text, flush=True))
         legend = KEY_LEGEND if keyboard else LINE_LEGEND
         names = node.topic_names()
@@ -340,7 +374,8 @@ def _serve(args: argparse.Namespace, keyboard: bool, wait_s: float) -> int:
             pass
         print(session.farewell(), flush=True)
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if node is not None:
             node.close()
         rclpy.try_shutdown(context=context)

@@ -28,6 +28,7 @@ are written as shards under `OUT/dagger/` and reused on resume.
 
 import argparse
 from dataclasses import dataclass
+import math
 from pathlib import Path
 import random
 import time
@@ -161,6 +162,22 @@ class LossWeights:
     grounding: float = 1.0
     task: float = 5.0
 
+    def __post_init__(self):
+        for name in _LOSS_WEIGHT_HELP:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f'--{name}-weight must be a non-negative number, got {value}')
+
+
+# What each weight of `LossWeights` weighs (for the command line).
+_LOSS_WEIGHT_HELP = {
+    'auxiliary': 'the auxiliary loss on the fused state (target bearing and distance, '
+                 'requested angle or distance)',
+    'grounding': 'the grounding loss: per patch, does it show the named object',
+    'task': 'the task-parameter loss: the requested angle and distance read from the '
+            'instruction',
+}
+
 
 def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
                      weights: LossWeights) -> Dict[str, torch.Tensor]:
@@ -279,15 +296,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--change-weight', type=float, default=5.0,
                         help='how much more often frames where the expert changes action are '
                              'drawn (default: 5)')
-    parser.add_argument('--auxiliary-weight', type=float, default=1.0,
-                        help='weight of the auxiliary loss on the fused state (target bearing '
-                             'and distance, requested angle or distance; default: 1; 0: none)')
-    parser.add_argument('--grounding-weight', type=float, default=1.0,
-                        help='weight of the grounding loss: per patch, does it show the named '
-                             'object (default: 1; 0: none)')
-    parser.add_argument('--task-weight', type=float, default=5.0,
-                        help='weight of the task-parameter loss: the requested angle and '
-                             'distance read from the instruction (default: 5; 0: none)')
+    for name, what in _LOSS_WEIGHT_HELP.items():
+        default = getattr(LossWeights(), name)
+        parser.add_argument(f'--{name}-weight', type=float, default=default,
+                            help=f'weight of {what} (default: {default:g}; 0: none)')
     parser.add_argument('--dagger-rounds', type=int, default=3,
                         help='DAgger rounds after cloning (default: 3; 0: cloning only)')
     parser.add_argument('--dagger-episodes', type=int, default=150,
@@ -326,7 +338,8 @@ def _run(args, context: loop.DistributedContext) -> int:
 
     head = auxiliary_head(model.vlm.state_dim).to(context.device) \
         if args.auxiliary_weight > 0 else None
-    weights = LossWeights(args.auxiliary_weight, args.grounding_weight, args.task_weight)
+    weights = LossWeights(**{name: getattr(args, f'{name}_weight')
+                             for name in _LOSS_WEIGHT_HELP})
 
     def loss_fn(m, step):
         return imitation_losses(m, head, batches.batch(step), weights)
