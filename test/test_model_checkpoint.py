@@ -86,7 +86,8 @@ def test_frozen_minilm_is_referenced_not_copied(saved):
     keys = safetensors.torch.load_file(str(directory / WEIGHTS_FILE)).keys()
     assert not any(key.startswith('vlm.text.') for key in keys)
     assert set(keys) == set(shipped_state_dict(model))
-    assert (directory / WEIGHTS_FILE).stat().st_size < 2e6
+    # MiniLM alone would be about 90 MB.
+    assert (directory / WEIGHTS_FILE).stat().st_size < 5e6
 
 
 def test_pretraining_and_builtin_text_models_round_trip(tmp_path):

@@ -27,8 +27,11 @@ def one_thread():
 
 
 def tiny_config(**pretrain):
+    # Without the grounding and task heads: only instruction tuning trains them, and in this
+    # four-caption toy their untrained outputs would only add noise to the matching head.
     return ModelConfig(vision=VisionConfig(dim=32, depth=1, heads=2), text=TextConfig(),
-                       fusion=FusionConfig(dim=64, depth=2, heads=2),
+                       fusion=FusionConfig(dim=64, depth=2, heads=2, grounding_dim=0,
+                                           task_parameters=False),
                        executor=ExecutorConfig(hidden=32),
                        pretrain=PretrainConfig(mlm_dim=32, mlm_heads=2, itm_hidden=64,
                                                **pretrain))

@@ -29,6 +29,8 @@ from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.training.presets import model_config
 
 FORWARD = ACTION_INDEX['forward']
+# The fused state of the tiny test model (state query, sentence, grounding map, task numbers).
+STATE_DIM = VLITModel(model_config('tiny', 'builtin')).vlm.state_dim
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -126,8 +128,8 @@ def test_pack_unpack_round_trip_is_exact(model):
     for transition in (one_transition(model),
                        one_transition(model, instruction='go to the red cube', image=image)):
         header, values = pack_transition(transition)
-        assert header['layout'] == EXPERIENCE_LAYOUT and len(values) == 8 + 64
-        for back in (unpack_transition(json.dumps(header), values, state_dim=64),
+        assert header['layout'] == EXPERIENCE_LAYOUT and len(values) == 8 + STATE_DIM
+        for back in (unpack_transition(json.dumps(header), values, state_dim=STATE_DIM),
                      decode_transition(encode_transition(transition))):
             assert np.array_equal(back.fused, transition.fused)
             assert np.array_equal(back.odometry, transition.odometry)
@@ -152,7 +154,7 @@ def _corrupt(header, values, change):
 @pytest.mark.parametrize('change, message', [
     (lambda h, v: h.update(layout='vlit_ros/experience/2'), 'layout'),
     (lambda h, v: h.pop('log_prob'), 'lacks log_prob'),
-    (lambda h, v: v.pop(), 'carries 71 values'),
+    (lambda h, v: v.pop(), f'carries {8 + STATE_DIM - 1} values'),
     (lambda h, v: v.__setitem__(3, float('nan')), 'NaN'),
     (lambda h, v: v.__setitem__(20, 1e39), 'float32'),
     (lambda h, v: h.update(value=float('inf')), 'value must be a finite number'),
@@ -161,14 +163,15 @@ def _corrupt(header, values, change):
     (lambda h, v: h.update(log_prob=0.5), 'not a log-probability'),
     (lambda h, v: h.update(temperature=0.0), 'temperature must be positive'),
     (lambda h, v: h.update(odometry_dim=5), 'odometry_dim 5'),
-    (lambda h, v: (h.update(state_dim=60), v.__delitem__(slice(0, 4))), 'state_dim 60'),
+    (lambda h, v: (h.update(state_dim=STATE_DIM - 4), v.__delitem__(slice(0, 4))),
+     f'state_dim {STATE_DIM - 4}'),
     (lambda h, v: h.update(image_shape=[96, 128, 3], image='AAAA'), 'image has 3 bytes'),
     (lambda h, v: h.update(image_shape=[96, 128], image=''), 'image_shape'),
 ])
 def test_bad_experience_is_rejected_with_the_reason(model, change, message):
     header, values = _corrupt(*pack_transition(one_transition(model)), change)
     with pytest.raises(ValueError, match=message):
-        unpack_transition(header, values, state_dim=64)
+        unpack_transition(header, values, state_dim=STATE_DIM)
 
 
 def test_garbled_experience_messages_are_rejected(model):
@@ -200,7 +203,7 @@ def test_non_finite_and_absurd_rewards_are_dropped_and_counted(model):
     assert reward_problem(float('nan')) == 'non_finite'
     assert reward_problem(float('-inf')) == 'non_finite'
     assert reward_problem(101.0) == 'absurd' and reward_problem(-3.0) is None
-    buffer = ExperienceBuffer(64, reward_limit=100.0)
+    buffer = ExperienceBuffer(STATE_DIM, reward_limit=100.0)
     assert not buffer.add_reward(1.0, float('nan'))
     assert not buffer.add_reward(1.0, 1e6)
     assert not buffer.add_reward(float('nan'), 1.0)
@@ -213,7 +216,7 @@ def test_buffer_cuts_trajectories_at_episode_ends_and_instruction_changes(model)
     fused, odometry = states(model, 7, 2)
     transitions = collect(model, fused, odometry, 'v0', seed=0, episode_length=3)
     # episodes 0 (3 steps), 1 (3 steps) and 2 (1 step, still running)
-    buffer = ExperienceBuffer(64)
+    buffer = ExperienceBuffer(STATE_DIM)
     for transition in reversed(transitions):  # arrival order does not matter
         buffer.add_transition(transition)
     buffer.add_reward(0.05, 1.0)
@@ -249,7 +252,7 @@ def test_decisions_after_an_episode_end_are_dropped(model):
     fused, odometry = states(model, 5, 3)
     transitions = collect(model, fused, odometry, 'v0', seed=0, episode_length=4)
     # episode 0: 0.0 .. 0.3 s, ended at 0.15 s; episode 1 begins at 0.4 s
-    buffer = ExperienceBuffer(64)
+    buffer = ExperienceBuffer(STATE_DIM)
     for transition in transitions:
         buffer.add_transition(transition)
         buffer.add_reward(transition.stamp + 0.01, 1.0)
@@ -265,7 +268,7 @@ def test_decisions_after_an_episode_end_are_dropped(model):
 def test_forced_take_bootstraps_an_unfinished_trajectory(model):
     fused, odometry = states(model, 4, 3)
     transitions = collect(model, fused, odometry, 'v0', seed=0, episode_length=4)
-    buffer = ExperienceBuffer(64)
+    buffer = ExperienceBuffer(STATE_DIM)
     for transition in transitions:
         buffer.add_transition(transition)
     assert buffer.take(0.9, 1.0) is None
@@ -322,7 +325,7 @@ def test_a_nan_reward_changes_no_weight(base_model):
     for poisoned in (False, True):
         model = copy.deepcopy(base_model)
         transitions = collect(model, fused, odometry, 'abababababab', seed=0)
-        buffer = ExperienceBuffer(64)
+        buffer = ExperienceBuffer(STATE_DIM)
         for transition in transitions:
             buffer.add_transition(transition)
             buffer.add_reward(transition.stamp + 0.01, float(transition.action == FORWARD))
@@ -512,7 +515,8 @@ def _other_model_payload():
      'disagree'),
     (lambda p: _relabel(p, lambda m, h, t: h['parameters']['executor.value_head.bias']
                         .update(dtype='float16')), 'describes executor.value_head.bias'),
-    (lambda p: _other_model_payload(), 'executor.body.0.weight is float32 \\[16, 79\\]'),
+    (lambda p: _other_model_payload(),
+     f'executor.body.0.weight is float32 \\[16, {STATE_DIM + 8 + NUM_ACTIONS}\\]'),
 ])
 def test_corrupt_or_mismatched_policy_payloads_are_rejected(model, make, message):
     fused, odometry = states(model, 8, 13)
@@ -594,7 +598,7 @@ def test_the_tap_records_what_the_executor_consumed_and_fusion_can_train(model):
             math.log(policy.last_probabilities[action]), abs=1e-5)
         transitions.append(transition)
     tap.close()
-    assert transitions[0].fused.shape == (64,) and transitions[0].prev_action == 0
+    assert transitions[0].fused.shape == (STATE_DIM,) and transitions[0].prev_action == 0
     learner = learner_for(model, train_fusion=True, target_kl=1.0, learning_rate=1e-2)
     fusion_before = model.vlm.fusion.norm.weight.detach().clone()
     with pytest.raises(ValueError, match='image and instruction'):

@@ -33,6 +33,8 @@ EPISODES_PER_ROLLOUT = 12
 # Start-up (torch, rclpy, the model) and discovery on a loaded 2-core machine.
 STARTUP_S = 40.0
 EVENT_S = 10.0
+# The fused state of the tiny test model (state query, sentence, grounding map, task numbers).
+STATE_DIM = VLITModel(model_config('tiny', 'builtin')).vlm.state_dim
 
 
 @pytest.fixture(scope='module')
@@ -260,7 +262,7 @@ def test_a_follower_learns_through_the_trainer_and_outlives_it(trainer, tiny):
 
     def experience():
         with trainer.probe.lock:
-            return [decode_transition(m.data, 64)
+            return [decode_transition(m.data, STATE_DIM)
                     for _, m in trainer.probe.messages['vlit/experience']]
 
     streamer = threading.Thread(target=stream, daemon=True)
@@ -287,7 +289,7 @@ def test_a_follower_learns_through_the_trainer_and_outlives_it(trainer, tiny):
 
         first = experience()[0]
         decided = [a for a in actions() if a['instruction'] == 'go to the red cube']
-        assert first.policy_version == source[:12] and first.fused.shape == (64,)
+        assert first.policy_version == source[:12] and first.fused.shape == (STATE_DIM,)
         assert first.action == ACTION_INDEX[decided[0]['action']]
         assert np.exp(first.log_prob) == pytest.approx(
             decided[0]['probabilities'][decided[0]['action']], abs=1e-4)
