@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             sampled = frames[::EVERY]
             boxes = np.array([image_box(spec.scene, pose, target) or NO_BOX
                               for _, pose in sampled], np.float32)
-            labels = grounding_labels(boxes, policy.model.vlm.grid)
+            labels = grounding_labels(boxes, policy.model.vlm.vision.grid)
             probabilities = grounding_probabilities(
                 policy.model, np.stack([image for image, _ in sampled]),
                 spec.instruction.text)

@@ -90,10 +90,9 @@ def image_box(scene: Scene, robot_pose: Pose2D, obj: ObjectSpec
         angle = max(-math.pi / 2 + 1e-3, min(math.pi / 2 - 1e-3, angle))
         edges.append(0.5 - math.tan(angle) / (2.0 * tan_half_fov))
     left, right = max(edges[0], 0.0), min(edges[1], 1.0)
-    depth = x - radius
     if right <= left or x + radius <= 0.0:
         return None
-    depth = max(depth, _MIN_DEPTH_M)
+    depth = max(x - radius, _MIN_DEPTH_M)
     # Square pixels: the vertical focal length in image heights is the horizontal one
     # scaled by width / height.
     focal = robot.image_width / robot.image_height / (2.0 * tan_half_fov)

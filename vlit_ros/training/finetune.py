@@ -27,7 +27,7 @@ are written as shards under `OUT/dagger/` and reused on resume.
 """
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 import math
 from pathlib import Path
 import random
@@ -163,8 +163,8 @@ class LossWeights:
     task: float = 5.0
 
     def __post_init__(self):
-        for name in _LOSS_WEIGHT_HELP:
-            value = getattr(self, name)
+        for field in fields(self):
+            name, value = field.name, getattr(self, field.name)
             if not (math.isfinite(value) and value >= 0.0):
                 raise ValueError(f'--{name}-weight must be a non-negative number, got {value}')
 
@@ -208,7 +208,7 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
         losses['loss_auxiliary'] = auxiliary.detach()
         total = total + weights.auxiliary * auxiliary
     if details.grounding is not None and weights.grounding > 0:
-        labels = torch.as_tensor(grounding_labels(batch['target_box'], vlm.grid),
+        labels = torch.as_tensor(grounding_labels(batch['target_box'], vlm.vision.grid),
                                  device=device)
         # Summed over patches, averaged over frames: a frame's few target patches count as
         # much as its many empty ones would if averaged.

@@ -175,7 +175,6 @@ class VisionLanguageModel(nn.Module):
                                              nn.Linear(text_dim, text_dim))
         for module in (self.projector, self.fusion, self.image_alignment):
             init_weights(module)
-        self.grid = self.vision.grid
         self.text_cache = TextEmbeddingCache(config.text.cache_size)
         # Cached embeddings are stale once the text encoder's weights change.
         self.register_load_state_dict_post_hook(
