@@ -19,7 +19,10 @@ Three things make this learnable in a CPU budget:
 - the model's grounding head learns, patch by patch, where the named object is from its
   ground-truth box in the image (binary cross-entropy, `--grounding-weight`), and its task
   head the requested angle and distance (squared error, `--task-weight`): dense labels that
-  teach the vision encoder colours and shapes far faster than the action loss alone.
+  teach the vision encoder colours and shapes far faster than the action loss alone;
+- before cloning, the task head alone is fitted to the dataset's distinct instructions
+  (`--task-warmup-steps`, text only, seconds), so from the first step the executor sees the
+  requested angle and distance it must learn to compare with odometry.
 
 The run is a sequence of stages (cloning, then per round: rollouts, training), each ending
 with a checkpoint, so an interrupted run resumes where it stopped; the rollouts of a round
@@ -226,6 +229,50 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
     return losses
 
 
+def task_examples(data: TrajectorySet) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """Return the distinct instructions that ask for an angle or a distance: (texts, targets,
+    masks), the targets and masks (n, 2) in `TASK_PARAMETERS` order."""
+    _, first = np.unique(data.text_index, return_index=True)
+    masks = data.auxiliary_mask[first][:, _TASK_COLUMNS]
+    keep = first[masks.any(1)]
+    texts = [data.texts[i] for i in data.text_index[keep]]
+    return (texts, data.auxiliary[keep][:, _TASK_COLUMNS],
+            data.auxiliary_mask[keep][:, _TASK_COLUMNS])
+
+
+def warm_up_task_head(model: VLITModel, data: TrajectorySet, steps: int,
+                      lr: float = 1e-3) -> Optional[dict]:
+    """
+    Fit the task head alone to the data's distinct instructions, full batch, from the text.
+
+    Returns its mean absolute errors after fitting (degrees, metres), or None when the model
+    has no task head, no instruction asks for an angle or a distance, or `steps` is 0.
+    Deterministic, so data-parallel ranks stay identical.
+    """
+    head = model.vlm.fusion.task_head
+    texts, targets, masks = task_examples(data)
+    if head is None or steps <= 0 or not texts:
+        return None
+    with torch.no_grad():
+        text = model.vlm.encode_text(texts)
+    text = type(text)(*(t.detach() for t in text))
+    wanted = torch.as_tensor(targets, device=text.pooled.device)
+    mask = torch.as_tensor(masks, device=text.pooled.device, dtype=wanted.dtype)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        error = (model.vlm.fusion.task_parameters(text).float() - wanted).pow(2) * mask
+        loss = error.sum() / mask.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        error = (model.vlm.fusion.task_parameters(text).float() - wanted).abs() * mask
+    per_column = error.sum(0) / mask.sum(0).clamp_min(1)
+    return {'instructions': len(texts), 'steps': steps,
+            'turn_error_deg': round(float(per_column[0]) * 180.0, 2),
+            'move_error_m': round(float(per_column[1]) * 2.0, 3)}
+
+
 def dagger_specs(seed_base: int, round_index: int, episodes: int,
                  context: loop.DistributedContext):
     """Return this rank's share of a round's episodes: (specs, global episode ids)."""
@@ -300,6 +347,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(LossWeights(), name)
         parser.add_argument(f'--{name}-weight', type=float, default=default,
                             help=f'weight of {what} (default: {default:g}; 0: none)')
+    parser.add_argument('--task-warmup-steps', type=int, default=600,
+                        help='steps fitting the task head to the distinct instructions before '
+                             'cloning (default: 600; 0: none)')
     parser.add_argument('--dagger-rounds', type=int, default=3,
                         help='DAgger rounds after cloning (default: 3; 0: cloning only)')
     parser.add_argument('--dagger-episodes', type=int, default=150,
@@ -321,6 +371,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args, context: loop.DistributedContext) -> int:
     out = Path(args.out)
+    if args.task_warmup_steps < 0:
+        raise ValueError(f'--task-warmup-steps must be 0 or more, got {args.task_warmup_steps}')
     started = time.perf_counter()
     schedule = DaggerSchedule(args.dagger_rounds, args.dagger_episodes, args.dagger_steps,
                               args.dagger_beta, args.dagger_parallel)
@@ -359,6 +411,13 @@ def _run(args, context: loop.DistributedContext) -> int:
         counts = batches.data.family_counts()
         print(f'imitation data: {len(batches.data)} frames {counts}, '
               f'{len(batches.data.texts)} distinct instructions')
+    if trainer.step == 0 and rounds_done == 0:
+        fitted = warm_up_task_head(model, batches.data, args.task_warmup_steps)
+        if fitted is not None:
+            trainer.extra['task_warmup'] = fitted
+            if context.is_main:
+                print(f'task head fitted to {fitted["instructions"]} instructions: mean '
+                      f'error {fitted["turn_error_deg"]} deg, {fitted["move_error_m"]} m')
     trainer.train(loop.LoopConfig(args.steps, args.lr, args.warmup, 0, args.steps,
                                   log_every=args.log_every,
                                   checkpoint_every=args.checkpoint_every), 'cloning')
@@ -402,6 +461,7 @@ def _finish(model, trainer, args, out: Path, schedule: DaggerSchedule, seconds: 
                  rates_title, markers=markers, marker_label='DAgger round')
     record = {'stage': 'finetune', 'steps': trainer.step, 'seconds_this_run': round(seconds, 1),
               'dagger_rounds': trainer.extra.get('rounds', []),
+              'task_warmup': trainer.extra.get('task_warmup'),
               'args': {k: v for k, v in vars(args).items() if k != 'func'},
               'actions': list(ACTIONS)}
     if evaluation is not None:

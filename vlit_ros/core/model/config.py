@@ -163,6 +163,9 @@ class FusionConfig:
     # regress the requested turn angle and drive distance from the sentence embedding and
     # hand them to the executor as two numbers, next to the odometry they are compared with
     task_parameters: bool = True
+    # read those two numbers from the instruction's token features (attention pooling with
+    # the sentence embedding as query) rather than from the sentence embedding alone
+    task_tokens: bool = True
 
     def __post_init__(self):
         owner = 'FusionConfig'
@@ -180,6 +183,7 @@ class FusionConfig:
             raise ValueError(f'{owner}.grounding_dim must be a non-negative integer, '
                              f'got {self.grounding_dim!r}')
         _check_bool(owner, 'task_parameters', self.task_parameters)
+        _check_bool(owner, 'task_tokens', self.task_tokens)
 
 
 @dataclass
@@ -246,7 +250,8 @@ _SECTIONS = {'vision': VisionConfig, 'text': TextConfig, 'fusion': FusionConfig,
              'executor': ExecutorConfig, 'pretrain': PretrainConfig}
 # Fields added after checkpoints were first shipped. A config.json written before a field
 # existed does not have it; it then takes the value that builds the model that file describes.
-_ADDED_FIELDS = {'fusion': {'grounding_dim': 0, 'task_parameters': False}}
+_ADDED_FIELDS = {'fusion': {'grounding_dim': 0, 'task_parameters': False,
+                            'task_tokens': False}}
 
 
 @dataclass

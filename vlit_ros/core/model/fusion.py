@@ -13,8 +13,11 @@ Cross-modal alignment: the vision-language model (encoders, projector, fusion, a
   detectors). Trained densely from ground-truth geometry during instruction tuning; the
   map and its centroid ride in the fused state, so the executor reads where the named
   object is and how much of the view it fills instead of having to pool it out.
-- Task parameters: the requested turn angle and drive distance regressed from the sentence
-  embedding, two numbers the executor compares with odometry.
+- `TaskHead`: the requested turn angle and drive distance, two numbers the executor compares
+  with odometry. The sentence embedding picks which of the instruction's token features to
+  read (attention pooling): a number word moves a mean-pooled sentence embedding too little
+  to read "0.5" from "1.5", but its own token feature differs plainly. Checkpoints from
+  before it regress the numbers from the sentence embedding alone (`task_tokens` false).
 - `VisionLanguageModel`: the encoders plus the above, the image-text alignment score, and
   the per-instruction embedding cache.
 """
@@ -69,6 +72,32 @@ class GroundingHead(nn.Module):
         return torch.einsum('bnd,bd->bn', self.key(patches), query) * self.scale + self.bias
 
 
+class TaskHead(nn.Module):
+    """The requested angle and distance (B, 2) read from the instruction's token features."""
+
+    def __init__(self, text_dim: int, dim: int):
+        super().__init__()
+        self.query = nn.Linear(text_dim, dim)
+        self.key = nn.Linear(text_dim, dim)
+        self.out = nn.Sequential(nn.Linear(2 * text_dim, dim), nn.GELU(),
+                                 nn.Linear(dim, len(TASK_PARAMETERS)))
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, text: TextFeatures) -> torch.Tensor:
+        sentence = text.pooled
+        tokens = text.tokens.to(sentence.dtype)
+        scores = torch.einsum('bld,bd->bl', self.key(tokens), self.query(sentence)) * self.scale
+        weights = scores.masked_fill(~text.mask, float('-inf')).softmax(-1)
+        read = torch.einsum('bl,bld->bd', weights, tokens)
+        return self.out(torch.cat([read, sentence], -1))
+
+
+def sentence_task_head(text_dim: int, dim: int) -> nn.Module:
+    """The task head of checkpoints without `task_tokens`: an MLP on the sentence embedding."""
+    return nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(),
+                         nn.Linear(dim, len(TASK_PARAMETERS)))
+
+
 class FusionOutput(NamedTuple):
     """The fused state, with the grounding logits and task parameters it holds (or None)."""
 
@@ -93,9 +122,10 @@ class CrossModalFusion(nn.Module):
         patches = grid[0] * grid[1]
         self.grounding = GroundingHead(text_dim, config.grounding_dim) \
             if config.grounding_dim else None
-        self.task_head = nn.Sequential(nn.Linear(text_dim, config.dim), nn.GELU(),
-                                       nn.Linear(config.dim, len(TASK_PARAMETERS))) \
-            if config.task_parameters else None
+        self.task_head: Optional[nn.Module] = None
+        if config.task_parameters:
+            self.task_head = TaskHead(text_dim, config.dim) if config.task_tokens \
+                else sentence_task_head(text_dim, config.dim)
         self.state_dim = config.dim + text_dim + \
             (patches + GROUNDING_SUMMARY if self.grounding is not None else 0) + \
             (len(TASK_PARAMETERS) if self.task_head is not None else 0)
@@ -141,9 +171,15 @@ class CrossModalFusion(nn.Module):
             logits = self.grounding(context[:, self.leading_tokens:], sentence)
             parts += self.grounding_features(logits)
         if self.task_head is not None:
-            parameters = self.task_head(sentence)
-            parts.append(parameters)
+            parameters = self.task_parameters(text)
+            parts.append(parameters.to(state.dtype))
         return FusionOutput(torch.cat(parts, -1), logits, parameters)
+
+    def task_parameters(self, text: TextFeatures) -> torch.Tensor:
+        """Return the requested angle over pi and distance over 2 m (B, 2) of encoded text."""
+        if isinstance(self.task_head, TaskHead):
+            return self.task_head(text)
+        return self.task_head(text.pooled)
 
     def grounding_features(self, logits: torch.Tensor) -> List[torch.Tensor]:
         """Return [probabilities (B, N), summary (B, 3)] of grounding logits (B, N)."""
