@@ -11,6 +11,7 @@ from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
 from vlit_ros.core.model import (as_image_batch, ExecutorConfig, FusionConfig, ModelConfig,
                                  normalize_instruction, odometry_features, PretrainConfig,
                                  PretrainingModel, TextConfig, VisionConfig, VLITModel)
+from vlit_ros.core.model.fusion import TaskHead
 from vlit_ros.core.model.text import TextEmbeddingCache
 
 
@@ -106,6 +107,19 @@ def test_config_of_an_older_checkpoint_rebuilds_the_older_model():
     model = VLITModel(config)
     assert model.vlm.state_dim == config.fusion.dim + 384
     assert model.vlm.fusion.grounding is None and model.vlm.fusion.task_head is None
+
+
+def test_config_with_task_parameters_but_no_task_tokens_rebuilds_the_sentence_head():
+    # The checkpoints shipped between the two: a task head on the sentence embedding alone.
+    data = ModelConfig().to_dict()
+    del data['fusion']['task_tokens']
+    config = ModelConfig.from_dict(data)
+    assert config.fusion.task_parameters is True and config.fusion.task_tokens is False
+    fusion = VLITModel(config).vlm.fusion
+    assert isinstance(fusion.task_head, torch.nn.Sequential)
+    assert isinstance(VLITModel(ModelConfig()).vlm.fusion.task_head, TaskHead)
+    with pytest.raises(ValueError, match='task_tokens'):
+        FusionConfig(task_tokens=1)
 
 
 # -- images and vision ----------------------------------------------------------------------
@@ -224,6 +238,7 @@ def test_grounding_map_and_task_parameters_ride_in_the_fused_state(minilm_model)
     assert torch.equal(details.state, vlm.fuse(tokens, text))
     assert torch.allclose(details.state[:, 640:688], torch.sigmoid(details.grounding))
     assert torch.equal(details.state[:, -2:], details.task_parameters)
+    assert torch.equal(details.task_parameters, vlm.fusion.task_parameters(text))
     # The summary's centroid: a lone patch at the top left is left (+1) and up (-1).
     logits = torch.full((1, 48), -20.0)
     logits[0, 0] = 20.0

@@ -113,6 +113,27 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
         assert history[-1][key] < 0.5 * history[0][key], key
 
 
+def test_task_head_warm_up_reads_each_instructions_numbers(data):
+    torch.manual_seed(0)
+    model = VLITModel(model_config('tiny'))
+    frames = TrajectorySet.load([data], FAMILIES, model.start_action)
+    texts, targets, masks = finetune.task_examples(frames)
+    assert texts and masks.any(1).all()
+    # Every turn and move instruction of the data, each with its one requested number.
+    assert sorted(set(texts)) == sorted(texts)
+    assert set(np.nonzero(masks)[1]) <= {0, 1} and (masks.sum(1) == 1).all()
+    assert finetune.warm_up_task_head(model, frames, 0) is None
+    before = model.vlm.fusion.task_parameters(model.vlm.encode_text(texts)).detach()
+    fitted = finetune.warm_up_task_head(model, frames, 400)
+    assert fitted['instructions'] == len(texts)
+    assert fitted['turn_error_deg'] < 5.0 and fitted['move_error_m'] < 0.05, fitted
+    with torch.no_grad():
+        after = model.vlm.fusion.task_parameters(model.vlm.encode_text(texts))
+    error_before = ((before - torch.as_tensor(targets)).abs() * torch.as_tensor(masks)).sum()
+    error_after = ((after - torch.as_tensor(targets)).abs() * torch.as_tensor(masks)).sum()
+    assert error_after < 0.1 * error_before
+
+
 def test_resume_continues_from_the_saved_step(data, tmp_path):
     assert _pretrain(data, tmp_path / 'straight', 6) == 0
     assert _pretrain(data, tmp_path / 'resumed', 3) == 0

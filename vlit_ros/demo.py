@@ -39,7 +39,6 @@ import numpy as np
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 from rich.console import Console
 from rich.panel import Panel
@@ -51,7 +50,7 @@ from std_msgs.msg import String
 
 from vlit_ros import bringup
 from vlit_ros.nodes.images import image_to_rgb
-from vlit_ros.qos import COMMAND_QOS, IMAGE_QOS, STREAM_QOS
+from vlit_ros.qos import COMMAND_QOS, RECORDING_DEPTH, RECORDING_QOS, STREAM_QOS
 from vlit_ros.run import GraphRunner, SignalForwarder
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import FAMILIES, GotoTask, task_from_dict
@@ -62,11 +61,6 @@ DEFAULT_SPEED = 4.0
 VIDEO_FPS = 10
 # Frames the verdict stays on screen after each episode.
 VERDICT_FRAMES = 10
-# Camera frames kept to pair with the top-down view of the same step.
-_FRAME_BUFFER = 32
-# The recorder wants every frame: the camera's best-effort profile with room to fall behind.
-RECORDING_QOS = QoSProfile(history=IMAGE_QOS.history, depth=_FRAME_BUFFER,
-                           reliability=IMAGE_QOS.reliability, durability=IMAGE_QOS.durability)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,11 +218,11 @@ class DemoMonitor:
         stamp = _stamp_seconds(msg.header.stamp)
         with self._lock:
             self._image_arrivals[stamp] = time.monotonic()
-            if len(self._image_arrivals) > _FRAME_BUFFER:
+            if len(self._image_arrivals) > RECORDING_DEPTH:
                 self._image_arrivals.pop(next(iter(self._image_arrivals)))
             if self.video is not None:
                 self._camera[stamp] = image_to_rgb(msg)
-                if len(self._camera) > _FRAME_BUFFER:
+                if len(self._camera) > RECORDING_DEPTH:
                     self._camera.pop(next(iter(self._camera)))
         self._check_seen()
 

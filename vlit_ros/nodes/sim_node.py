@@ -70,7 +70,7 @@ from std_srvs.srv import SetBool, Trigger
 from vlit_ros.nodes.images import rgb_to_image
 from vlit_ros.nodes.lifecycle import run_node, StartupError
 from vlit_ros.nodes.params import declare_parameters, ParameterError, ParameterSpec
-from vlit_ros.qos import COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, STREAM_QOS
+from vlit_ros.qos import CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, STREAM_QOS
 from vlit_ros.sim.scene import RobotSpec, Scene
 from vlit_ros.sim.world import World
 import yaml
@@ -83,8 +83,6 @@ WORLD_FRAME = 'world'
 BASE_FRAME = 'base_link'
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_THROTTLE_S = 5.0
-# /clock follows rclcpp's ClockQoS (best effort, depth 1): the profile of camera frames.
-CLOCK_QOS = IMAGE_QOS
 
 PARAMETERS = (
     ParameterSpec('seed', 0, 'seed of the scene at start-up, until one arrives on sim/scene',

@@ -230,8 +230,11 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
 
 
 def task_examples(data: TrajectorySet) -> Tuple[List[str], np.ndarray, np.ndarray]:
-    """Return the distinct instructions that ask for an angle or a distance: (texts, targets,
-    masks), the targets and masks (n, 2) in `TASK_PARAMETERS` order."""
+    """
+    Return the distinct instructions that ask for an angle or a distance.
+
+    As (texts, targets, masks), the targets and masks (n, 2) in `TASK_PARAMETERS` order.
+    """
     _, first = np.unique(data.text_index, return_index=True)
     masks = data.auxiliary_mask[first][:, _TASK_COLUMNS]
     keep = first[masks.any(1)]

@@ -93,7 +93,7 @@ class TaskHead(nn.Module):
 
 
 def sentence_task_head(text_dim: int, dim: int) -> nn.Module:
-    """The task head of checkpoints without `task_tokens`: an MLP on the sentence embedding."""
+    """Build the task head of checkpoints without `task_tokens`: an MLP on the sentence."""
     return nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(),
                          nn.Linear(dim, len(TASK_PARAMETERS)))
 
