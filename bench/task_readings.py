@@ -21,6 +21,7 @@ from typing import List, Tuple
 
 import torch
 
+from vlit_ros.checkpoints import DEFAULT_CHECKPOINT
 from vlit_ros.core.model import load_checkpoint
 from vlit_ros.sim import tasks
 
@@ -48,7 +49,8 @@ def instructions() -> List[Tuple[str, str, float]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument('--checkpoint', default='vlit_ros/checkpoints/default')
+    parser.add_argument('--checkpoint', default=str(DEFAULT_CHECKPOINT),
+                        help='checkpoint directory (default: the shipped one)')
     parser.add_argument('--worst', type=int, default=8, help='worst readings to list')
     parser.add_argument('--json', default=None, metavar='OUT.json')
     args = parser.parse_args(argv)
