@@ -31,6 +31,8 @@ from vlit_ros.training.presets import model_config
 FORWARD = ACTION_INDEX['forward']
 # The fused state of the tiny test model (state query, sentence, grounding map, task numbers).
 STATE_DIM = VLITModel(model_config('tiny', 'builtin')).vlm.state_dim
+# The executor's input: fused state, odometry, previous action, and the progress features.
+EXECUTOR_INPUT = VLITModel(model_config('tiny', 'builtin')).executor.body[0].in_features
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -516,7 +518,7 @@ def _other_model_payload():
     (lambda p: _relabel(p, lambda m, h, t: h['parameters']['executor.value_head.bias']
                         .update(dtype='float16')), 'describes executor.value_head.bias'),
     (lambda p: _other_model_payload(),
-     f'executor.body.0.weight is float32 \\[16, {STATE_DIM + 8 + NUM_ACTIONS}\\]'),
+     f'executor.body.0.weight is float32 \\[16, {EXECUTOR_INPUT}\\]'),
 ])
 def test_corrupt_or_mismatched_policy_payloads_are_rejected(model, make, message):
     fused, odometry = states(model, 8, 13)

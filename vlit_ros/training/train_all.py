@@ -27,7 +27,7 @@ from vlit_ros.training.presets import TEXT_ENCODERS
 from vlit_ros.training.shards import MANIFEST, read_json, write_json
 
 # Behaviour-cloning steps after DAgger (the `polish` stage) and where its data is pooled.
-POLISH_STEPS = 2800
+POLISH_STEPS = 2400
 POOLED = 'dagger_data'
 # Pretraining steps of train-all: fewer than `vlit-ros pretrain`'s default, so that the
 # whole run fits the one-hour budget on a 2-core machine with the polish stage.

@@ -201,6 +201,9 @@ class ExecutorConfig:
     distance_scale_m: float = 3.0
     # time since the instruction is divided by this (s)
     time_scale_s: float = 20.0
+    # with a task head, also feed what remains of the requested distance and angle (its
+    # readings minus odometry); ignored without one
+    progress_features: bool = True
 
     def __post_init__(self):
         owner = 'ExecutorConfig'
@@ -211,6 +214,7 @@ class ExecutorConfig:
                              f'got {self.start_action!r}')
         _check_number(owner, 'distance_scale_m', self.distance_scale_m, 0.0, 1e3, True)
         _check_number(owner, 'time_scale_s', self.time_scale_s, 0.0, 1e4, True)
+        _check_bool(owner, 'progress_features', self.progress_features)
 
 
 @dataclass
@@ -251,7 +255,8 @@ _SECTIONS = {'vision': VisionConfig, 'text': TextConfig, 'fusion': FusionConfig,
 # Fields added after checkpoints were first shipped. A config.json written before a field
 # existed does not have it; it then takes the value that builds the model that file describes.
 _ADDED_FIELDS = {'fusion': {'grounding_dim': 0, 'task_parameters': False,
-                            'task_tokens': False}}
+                            'task_tokens': False},
+                 'executor': {'progress_features': False}}
 
 
 @dataclass

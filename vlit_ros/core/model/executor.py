@@ -4,7 +4,11 @@ The InstructionExecutor and the instruction-following model built on it.
 - `odometry_features`: (x, y, yaw, v, w) in the instruction frame, the unwrapped yaw since
   the instruction and the time since it -> 8 features of order one.
 - `InstructionExecutor`: MLP over [fused state, odometry features, previous action
-  one-hot] -> logits over `ACTIONS` and a value estimate.
+  one-hot] -> logits over `ACTIONS` and a value estimate. When the fused state ends with the
+  task head's requested angle and distance, the executor also gets what remains of them
+  (`progress_features`): requested minus driven distance, requested minus turned angle, raw
+  and squashed near zero. "Stop when this crosses zero" is then one threshold instead of a
+  comparison of two inputs the MLP would have to learn from a few frames per episode.
 - `VLITModel`: `VisionLanguageModel` + `InstructionExecutor`; `forward(batch)` for
   imitation and policy-gradient training, `select_action(batch)` for acting.
 
@@ -37,6 +41,10 @@ from vlit_ros.core.model.text import TextFeatures
 from vlit_ros.core.model.vision import as_image_batch
 
 ODOMETRY_FEATURES = 8
+# Remaining distance (m) and angle (rad), and each through tanh(gain * x): 4 features.
+PROGRESS_FEATURES = 4
+# Gains of the squashed copies: 0.25 m or 0.25 rad remaining gives tanh(1) = 0.76.
+_PROGRESS_GAIN = 4.0
 
 
 def odometry_features(odom, t, config: ExecutorConfig, yaw_total=None):
@@ -78,10 +86,20 @@ class ActionChoice(NamedTuple):
 class InstructionExecutor(nn.Module):
     """MLP: [fused state, odometry features, previous action one-hot] -> logits, value."""
 
-    def __init__(self, state_dim: int, config: ExecutorConfig):
+    def __init__(self, state_dim: int, config: ExecutorConfig, task_parameters: bool = False):
+        """
+        Build the MLP for fused states of `state_dim`.
+
+        `task_parameters`: the fused state's last two entries are the task head's requested
+        angle over pi and distance over 2 m; with `config.progress_features` the executor
+        then also reads what remains of them.
+        """
         super().__init__()
+        self.progress = bool(task_parameters and config.progress_features)
+        self.distance_scale_m = config.distance_scale_m
         layers = []
-        width = state_dim + ODOMETRY_FEATURES + NUM_ACTIONS
+        width = state_dim + ODOMETRY_FEATURES + NUM_ACTIONS + \
+            (PROGRESS_FEATURES if self.progress else 0)
         for _ in range(config.layers):
             layers += [nn.Linear(width, config.hidden), nn.GELU(), nn.Dropout(config.dropout)]
             width = config.hidden
@@ -95,12 +113,28 @@ class InstructionExecutor(nn.Module):
                 ) -> Tuple[ExecutorOutput, Optional[torch.Tensor]]:
         """Return (logits and value, cross-entropy to `target_actions` or None)."""
         previous = F.one_hot(prev_action, NUM_ACTIONS).to(fused.dtype)
-        hidden = self.body(torch.cat([fused, odometry.to(fused.dtype), previous], -1))
+        odometry = odometry.to(fused.dtype)
+        parts = [fused, odometry, previous]
+        if self.progress:
+            parts.append(self.progress_features(fused, odometry))
+        hidden = self.body(torch.cat(parts, -1))
         output = ExecutorOutput(self.policy_head(hidden), self.value_head(hidden).squeeze(-1))
         loss = None
         if target_actions is not None:
             loss = F.cross_entropy(output.logits.float(), target_actions)
         return output, loss
+
+    def progress_features(self, fused: torch.Tensor, odometry: torch.Tensor) -> torch.Tensor:
+        """
+        Return (B, 4): distance (m) and angle (rad) still to go, then tanh(gain * each).
+
+        From the fused state's requested angle over pi and distance over 2 m (its last two
+        entries) and the odometry features' x over `distance_scale_m` and unwrapped yaw over pi.
+        """
+        distance = fused[..., -1] * 2.0 - odometry[..., 0] * self.distance_scale_m
+        angle = (fused[..., -2] - odometry[..., 4]) * math.pi
+        remaining = torch.stack([distance, angle], -1)
+        return torch.cat([remaining, torch.tanh(_PROGRESS_GAIN * remaining)], -1)
 
 
 def _tensor(value, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -119,7 +153,9 @@ class VLITModel(nn.Module):
         super().__init__()
         self.config = config
         self.vlm = vlm if vlm is not None else VisionLanguageModel(config)
-        self.executor = InstructionExecutor(self.vlm.state_dim, config.executor)
+        self.executor = InstructionExecutor(
+            self.vlm.state_dim, config.executor,
+            task_parameters=self.vlm.fusion.task_head is not None)
         self.start_action = ACTION_INDEX[config.executor.start_action]
 
     @property
