@@ -109,6 +109,37 @@ def test_config_of_an_older_checkpoint_rebuilds_the_older_model():
     assert model.vlm.fusion.grounding is None and model.vlm.fusion.task_head is None
 
 
+def test_executor_reads_what_remains_of_the_requested_distance_and_angle():
+    config = ModelConfig(vision=VisionConfig(dim=32, depth=1, heads=2),
+                         fusion=FusionConfig(dim=32, depth=1, heads=2),
+                         executor=ExecutorConfig(hidden=32))
+    executor = VLITModel(config).executor
+    assert executor.progress
+    # Last two fused entries: 90 degrees left over pi, and 1.5 m ahead over 2 m.
+    fused = torch.zeros(2, 10)
+    fused[:, -2], fused[:, -1] = 0.5, 0.75
+    odom = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0], [1.2, 0.0, 0.3, 0.2, 0.0]])
+    t = torch.zeros(2)
+    yaw_total = torch.tensor([0.0, math.pi / 3])
+    features = executor.progress_features(fused, odometry_features(odom, t, config.executor,
+                                                                   yaw_total))
+    assert torch.allclose(features[:, 0], torch.tensor([1.5, 0.3]), atol=1e-6)
+    assert torch.allclose(features[:, 1], torch.tensor([math.pi / 2, math.pi / 6]), atol=1e-6)
+    assert torch.allclose(features[:, 2:], torch.tanh(4.0 * features[:, :2]))
+    # Without a task head there is nothing to subtract; older configs had no such features.
+    plain = ModelConfig(vision=config.vision, fusion=FusionConfig(dim=32, depth=1, heads=2,
+                                                                  task_parameters=False),
+                        executor=ExecutorConfig(hidden=32))
+    assert not VLITModel(plain).executor.progress
+    data = config.to_dict()
+    del data['executor']['progress_features']
+    older = VLITModel(ModelConfig.from_dict(data)).executor
+    assert not older.progress
+    assert older.body[0].in_features == executor.body[0].in_features - 4
+    with pytest.raises(ValueError, match='progress_features'):
+        ExecutorConfig(progress_features='yes')
+
+
 def test_config_with_task_parameters_but_no_task_tokens_rebuilds_the_sentence_head():
     # The checkpoints shipped between the two: a task head on the sentence embedding alone.
     data = ModelConfig().to_dict()
