@@ -21,6 +21,7 @@ from vlit_ros.qos import COMMAND_QOS, STREAM_QOS
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 SCENARIO_S = 120.0
+GRAPH_S = 20.0
 ROBOTS = {
     'robot1': (f'{FIXTURES / "bringup_policies.py"}:QuarterTurnLeft',
                '{"text": "turn left", "task": {"type": "turn", "angle_deg": 90}}'),
@@ -28,6 +29,11 @@ ROBOTS = {
                '{"text": "go forward half a meter", "task": {"type": "move", '
                '"distance_m": 0.5}}'),
 }
+
+
+def _subscribers(probe, robot):
+    return {(s.node_name, s.node_namespace) for s in
+            probe.node.get_subscriptions_info_by_topic(f'/{robot}/cmd_vel')}
 
 
 def test_two_namespaced_robots_do_not_interfere(tmp_path):
@@ -62,12 +68,14 @@ def test_two_namespaced_robots_do_not_interfere(tmp_path):
             assert results['policy'] == policy
             reports = [json.loads(m.data) for _, m in probe.messages[f'/{robot}/vlit/action']]
             assert reports and {r['policy'] for r in reports} == {policy}
+            # The probe's graph cache fills in by discovery, which lags on a loaded machine:
+            # wait for the sim's subscription rather than read the graph once.
+            assert probe.wait_for(lambda: ('sim', f'/{robot}') in _subscribers(probe, robot),
+                                  timeout=GRAPH_S), _subscribers(probe, robot)
             publishers = probe.node.get_publishers_info_by_topic(f'/{robot}/cmd_vel')
             assert [(p.node_name, p.node_namespace) for p in publishers] == \
                 [('instruction_follower', f'/{robot}')]
-            subscribers = {(s.node_name, s.node_namespace) for s in
-                           probe.node.get_subscriptions_info_by_topic(f'/{robot}/cmd_vel')}
-            assert ('sim', f'/{robot}') in subscribers
+            subscribers = _subscribers(probe, robot)
             assert not any(ns == f'/{other}' for _, ns in subscribers for other in ROBOTS
                            if other != robot)
     finally:

@@ -139,13 +139,19 @@ def test_resume_continues_from_the_saved_step(data, tmp_path):
     assert _pretrain(data, tmp_path / 'resumed', 3) == 0
     state = json.loads((tmp_path / 'resumed' / STATE_DIR / 'state.json').read_text())
     assert state['step'] == 3
+    halfway = load_file(str(tmp_path / 'resumed' / 'model.safetensors'))
     assert _pretrain(data, tmp_path / 'resumed', 6) == 0
     history = _history(tmp_path / 'resumed')
     assert [row['step'] for row in history] == [2, 3, 4, 6]
     straight = load_file(str(tmp_path / 'straight' / 'model.safetensors'))
     resumed = load_file(str(tmp_path / 'resumed' / 'model.safetensors'))
+    # Not bit for bit across machines: attention key biases get only rounding-error gradients
+    # (softmax ignores a shift shared by all keys), so they hold noise of about 1e-6. A
+    # resume that lost the optimiser or data state is off by learning-rate-sized steps.
     for key, value in straight.items():
-        np.testing.assert_allclose(resumed[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(resumed[key], value, rtol=1e-5, atol=2e-5, err_msg=key)
+    # The tolerance tells three steps from six.
+    assert max(np.abs(halfway[key] - value).max() for key, value in straight.items()) > 1e-3
 
 
 @pytest.mark.timeout(60)
