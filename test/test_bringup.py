@@ -41,11 +41,17 @@ def test_mujoco_graph_has_sim_task_and_follower():
     assert sim.parameters == {'seed': 4, 'real_time_factor': 2.5, 'shifted': False,
                               'use_sim_time': False}
     assert task.parameters['seed'] == 4 and task.parameters['episodes'] == 3
+    assert task.parameters['families'] == 'goto,turn,move,stop'
     assert task.parameters['reset_scenes'] is True
     assert task.parameters['min_episode_listeners'] == 0
     assert task.parameters['use_sim_time'] is True
     assert follower.parameters == {'policy': PLUGIN, 'device': 'cpu', 'use_sim_time': True}
     assert all(n.namespace == '' and n.remappings == () for n in graph.nodes)
+
+
+def test_families_reach_the_task_node_in_order():
+    graph = _graph(families=' turn, goto ')
+    assert graph.node('task').parameters['families'] == 'turn,goto'
 
 
 def test_gazebo_graph_runs_gazebo_and_plays_in_its_one_world(tmp_path):
@@ -120,6 +126,9 @@ def test_the_trainer_module_exists():
     ({'namespace': 'robot-1'}, 'invalid namespace'),
     ({'shifted': 'true', 'sim': 'none'}, 'shifted:=true needs sim:=mujoco'),
     ({'colour': 'red'}, 'unknown argument'),
+    ({'families': 'goto,fly'}, "families: unknown families \\['fly'\\]"),
+    ({'families': ' , '}, 'families: unknown families'),
+    ({'families': 'goto', 'scenario': 'a.jsonl'}, 'a scenario file brings its own'),
 ])
 def test_bad_arguments_are_named(arguments, message):
     with pytest.raises(bringup.BringupError, match=message):

@@ -462,6 +462,40 @@ def test_a_falling_moving_average_rolls_back_to_the_last_good_weights(model, tmp
     assert learner.record_episodes(episodes(-5.0, bad_version)) is None
 
 
+def test_the_guard_allows_for_the_spread_of_episode_rewards(model):
+    fused, odometry = states(model, 16, 11)
+
+    def learner_with(sigmas):
+        learner = OnlineLearner(model, LearnerConfig(rollback_window=20, rollback_margin=1.5,
+                                                     rollback_sigmas=sigmas, target_kl=1.0),
+                                source_hash='ab' * 32)
+        # The reference policy: goto-like episodes, a timeout (-4) or a success (+5).
+        reference = [EpisodeSummary(r, learner.version, 10, None) for r in [-4.0, 5.0] * 10]
+        assert learner.record_episodes(reference) is None
+        assert learner.reference_return == pytest.approx(0.5)
+        report = learner.update(rollout_of(collect(model, fused, odometry, learner.version,
+                                                   seed=0), lambda a: 1.0))
+        assert report.status == 'updated', report
+        return learner
+
+    # As good, but a few more timeouts by chance: 1.8 lower, within the noise.
+    unlucky = [-4.0] * 14 + [5.0] * 6
+    learner = learner_with(3.0)
+    version = learner.version
+    assert learner.record_episodes([EpisodeSummary(r, version, 10, None)
+                                    for r in unlucky]) is None
+    assert learner.rollback_threshold() < -3.0
+    # The fixed margin alone mistakes that for a worse policy.
+    learner = learner_with(0.0)
+    assert learner.record_episodes([EpisodeSummary(r, learner.version, 10, None)
+                                    for r in unlucky]) == 'rolled_back'
+    # A collapse (every episode a timeout) is beyond the noise.
+    learner = learner_with(3.0)
+    assert learner.record_episodes([EpisodeSummary(-4.0, learner.version, 10, None)] * 20) \
+        == 'rolled_back'
+    assert learner.version == 'abababababab'
+
+
 # -- policy updates ---------------------------------------------------------------------
 
 def test_a_policy_update_round_trips_and_applies(model, base_model):

@@ -129,3 +129,26 @@ def test_a_bad_scenario_stops_the_node_at_start_up(tmp_path):
         timeout=60)
     assert result.returncode == 2
     assert 'unknown colour' in result.stderr and 'bad.jsonl:1' in result.stderr
+
+
+def test_families_choose_the_generated_instructions(tmp_path):
+    codes, results, probe, logs = _play(tmp_path, 2, 11, families='move,turn')
+    probe.close()
+    episodes = results['episodes']
+    expected = [make_episode(i, 11, families=('move', 'turn')) for i in range(2)]
+    assert [e['family'] for e in episodes] == ['move', 'turn']
+    assert [e['text'] for e in episodes] == [s.instruction.text for s in expected]
+
+
+@pytest.mark.parametrize('parameter, message', [
+    ('families:=goto,fly', "unknown families ['fly']"),
+    ('families:=goto', 'families chooses generated instructions'),
+])
+def test_bad_families_stop_the_node_at_start_up(tmp_path, scenario_file, parameter, message):
+    scenario = [] if 'fly' in parameter else ['-p', f'scenario:={scenario_file}']
+    result = subprocess.run(
+        [sys.executable, '-m', 'vlit_ros.nodes.task_node', '--ros-args', '-p', parameter]
+        + scenario,
+        env=ros_env(new_domain()), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr, result.stderr

@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from vlit_ros.checkpoints import DEFAULT_CHECKPOINT
 from vlit_ros.gazebo.launch_plan import gazebo_processes, normalize_namespace
+from vlit_ros.sim.tasks import FAMILIES, parse_families
 
 PACKAGE = 'vlit_ros'
 SIMULATORS = ('mujoco', 'gazebo', 'none')
@@ -75,6 +76,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument('episodes', '8', 'number of episodes the task node plays'),
     Argument('scenario', '', 'instruction file for the task node (JSON lines, as `vlit-ros '
              'eval --instructions`; empty: generated instructions)'),
+    Argument('families', ','.join(FAMILIES), 'families of the generated instructions, '
+             'comma-separated and cycled in order, e.g. goto (not with scenario)'),
     Argument('real_time_factor', '1.0', 'MuJoCo only: simulated seconds per wall second '
              '(0: as fast as possible)'),
     Argument('shifted', 'false', 'MuJoCo only: the domain-shifted robot (camera yawed 20 '
@@ -102,6 +105,7 @@ class BringupConfig:
     seed: int = 0
     episodes: int = 8
     scenario: str = ''
+    families: Tuple[str, ...] = FAMILIES
     real_time_factor: float = 1.0
     shifted: bool = False
     results_path: str = ''
@@ -118,6 +122,9 @@ class BringupConfig:
                                f'got {self.real_time_factor}')
         if not self.policy.strip():
             raise BringupError('policy must not be empty')
+        if self.scenario and self.families != FAMILIES:
+            raise BringupError('families chooses generated instructions; a scenario file '
+                               'brings its own')
         if self.sim != 'mujoco' and self.shifted:
             raise BringupError('shifted:=true needs sim:=mujoco (the Gazebo world takes '
                                '`vlit-ros gz-world --world shifted`)')
@@ -163,10 +170,18 @@ def config_from_arguments(values: Mapping[str, str]) -> BringupConfig:
         seed=_parse_number('seed', text['seed'], int),
         episodes=_parse_number('episodes', text['episodes'], int),
         scenario=text['scenario'].strip(),
+        families=_parse_families(text['families']),
         real_time_factor=_parse_number('real_time_factor', text['real_time_factor'], float),
         shifted=_parse_bool('shifted', text['shifted']),
         results_path=text['results_path'].strip(),
     )
+
+
+def _parse_families(text: str) -> Tuple[str, ...]:
+    try:
+        return parse_families(text)
+    except ValueError as exc:
+        raise BringupError(f'families: {exc}') from None
 
 
 def _normalize_namespace(namespace: str) -> str:
@@ -317,6 +332,7 @@ def _follower(config: BringupConfig) -> NodeSpec:
 def _task(config: BringupConfig) -> NodeSpec:
     parameters: Dict[str, ParameterValue] = {
         'seed': config.seed, 'episodes': config.episodes, 'scenario': config.scenario,
+        'families': ','.join(config.families),
         'results_path': config.results_path, 'use_sim_time': config.use_sim_time,
         # Gazebo shows one world and cannot load another per episode.
         'reset_scenes': config.sim == 'mujoco',

@@ -20,7 +20,7 @@ from vlit_ros.policies import load_policy
 from vlit_ros.sim.episode import EpisodeResult, make_episode, run_episode, \
     run_episodes_batched, TRAINING_SEED_BASE
 from vlit_ros.sim.scene import RobotSpec
-from vlit_ros.sim.tasks import FAMILIES, GotoTask, load_instructions
+from vlit_ros.sim.tasks import FAMILIES, GotoTask, load_instructions, parse_families
 from vlit_ros.sim.video import compose_frame, EpisodeVideo
 from vlit_ros.sim.world import World
 
@@ -200,10 +200,7 @@ def _finish_video(video: EpisodeVideo, result: EpisodeResult) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         instructions = load_instructions(args.instructions) if args.instructions else None
-        families = tuple(f.strip() for f in args.families.split(',') if f.strip())
-        unknown = [f for f in families if f not in FAMILIES]
-        if unknown or not families:
-            raise ValueError(f'unknown families {unknown}; expected some of {FAMILIES}')
+        families = parse_families(args.families)
         policy = load_policy(args.policy, checkpoint=args.checkpoint, device=args.device,
                              seed=args.seed)
     except ValueError as exc:

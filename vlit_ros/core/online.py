@@ -40,8 +40,9 @@ instruction-tuned policy and a KL budget: the update stops early when the mean a
 to the policy that collected the data exceeds `target_kl`. Guards: a non-finite loss or
 gradient abandons the whole update and leaves every weight and the optimizer state as they
 were, bit for bit; updates are refused while paused (e-stop); when the moving average of
-episode returns falls `rollback_margin` below the reference policy's, the learner rolls back
-to the last good weights (kept in memory and on disk).
+episode returns falls below the reference policy's by `rollback_margin` and by
+`rollback_sigmas` standard errors of the difference (`OnlineLearner.rollback_threshold`), the
+learner rolls back to the last good weights (kept in memory and on disk).
 
 Policy updates (layout `vlit_ros/policy/1`): `encode_policy` writes the executor (and
 optionally fusion) tensors as safetensors bytes whose metadata holds a JSON header (layout
@@ -823,9 +824,12 @@ class LearnerConfig:
     train_fusion: bool = False
     # episodes in the moving average of episode reward, and episodes that measure the
     # reference policy's average before the first update
-    rollback_window: int = 8
-    # roll back when the moving average falls this far below the reference average
+    rollback_window: int = 20
+    # roll back when the moving average falls this far below the reference average ...
     rollback_margin: float = 1.5
+    # ... and this many standard errors of the difference of the two averages below it
+    # (episode rewards of one policy spread widely; 0: the margin alone decides)
+    rollback_sigmas: float = 3.0
     # the reference policy's average episode reward, when known (NaN: measure it)
     reference_return: float = float('nan')
     # good snapshots kept in memory besides the reference weights (the newest is on disk)
@@ -843,7 +847,8 @@ class LearnerConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f'LearnerConfig.{name} must be a positive integer, '
                                  f'got {value!r}')
-        for name in ('value_coef', 'entropy_coef', 'kl_coef', 'rollback_margin'):
+        for name in ('value_coef', 'entropy_coef', 'kl_coef', 'rollback_margin',
+                     'rollback_sigmas'):
             _check_fraction(name, getattr(self, name), high=1e3)
         _check_fraction('target_kl', self.target_kl, low_open=True, high=1e3)
         _check_fraction('max_grad_norm', self.max_grad_norm, low_open=True, high=1e6)
@@ -944,6 +949,8 @@ class OnlineLearner:
         reference = self.config.reference_return
         self.reference_return = None if math.isnan(reference) else float(reference)
         self._reference_returns: List[float] = []
+        # (moving average, threshold) when the guard last rolled back
+        self.last_rollback: Tuple[float, float] = (math.nan, math.nan)
         self._recent: Deque[Tuple[float, str]] = deque(maxlen=self.config.rollback_window)
         # Weights of recent versions (to mark one good later) and the good snapshots; the
         # first good snapshot is always the reference (instruction-tuned) weights.
@@ -1030,11 +1037,31 @@ class OnlineLearner:
             if self.reference_return is None or \
                     len(self._recent) < self.config.rollback_window:
                 continue
-            if self.average_return < self.reference_return - self.config.rollback_margin:
+            if self.average_return < self.rollback_threshold():
+                self.last_rollback = (self.average_return, self.rollback_threshold())
                 self.rollback()
                 return 'rolled_back'
             self._mark_good(self._recent[-1][1])
         return None
+
+    def rollback_threshold(self) -> float:
+        """
+        Return the moving average below which the guard rolls back (NaN until measured).
+
+        That is the reference average less the larger of `rollback_margin` and
+        `rollback_sigmas` standard errors of the difference between the two averages, from
+        the spread of the episode rewards each was measured on. A policy whose episodes end
+        anywhere between a timeout and a success has averages over a few episodes that
+        differ by more than a fixed margin by chance alone.
+        """
+        if self.reference_return is None:
+            return math.nan
+        variance = 0.0
+        for returns in ([r for r, _ in self._recent], self._reference_returns):
+            if len(returns) > 1:
+                variance += float(np.var(returns, ddof=1)) / len(returns)
+        return self.reference_return - max(self.config.rollback_margin,
+                                           self.config.rollback_sigmas * math.sqrt(variance))
 
     def _mark_good(self, version: str) -> None:
         if version in self.good_versions or version not in self._versions:
@@ -1105,8 +1132,9 @@ class OnlineLearner:
             self.counts['paused_refusals'] += 1
             return report('paused', f'paused: {", ".join(self.pause_reasons)}')
         if self.record_episodes(rollout.episodes) == 'rolled_back':
-            return report('rolled_back', f'moving average reward {self.average_return:.3f} '
-                          f'fell below the reference; back to {self.version}')
+            average, threshold = self.last_rollback
+            return report('rolled_back', f'moving average reward {average:.3f} fell below '
+                          f'{threshold:.3f}; back to {self.version}')
         if not self.reference_ready:
             return report('measuring_reference',
                           f'{len(self._reference_returns)} of '

@@ -83,7 +83,8 @@ from vlit_ros.nodes.sim_node import encode_scene_message
 from vlit_ros.qos import COMMAND_QOS, LATCHED_QOS, STREAM_QOS
 from vlit_ros.sim.episode import EpisodeResult, EpisodeSpec, make_episode
 from vlit_ros.sim.scene import Scene
-from vlit_ros.sim.tasks import EpisodeJudge, FAMILIES, generate_instruction, load_instructions
+from vlit_ros.sim.tasks import (EpisodeJudge, FAMILIES, generate_instruction, load_instructions,
+                                parse_families)
 
 NODE_NAME = 'task'
 EPISODE_LAYOUT = 'vlit_ros/episode/1'
@@ -94,8 +95,10 @@ SPEECH_ACK_S = 2.0
 PARAMETERS = (
     ParameterSpec('scenario', '',
                   'instruction file (JSON lines, as `vlit-ros eval --instructions`): episode i '
-                  'uses line i mod L; empty: generated instructions cycling goto, turn, move, '
-                  'stop'),
+                  'uses line i mod L; empty: generated instructions cycling `families`'),
+    ParameterSpec('families', ','.join(FAMILIES),
+                  'comma-separated families of the generated instructions, cycled in this '
+                  'order (as `vlit-ros eval --families`; not with `scenario`)'),
     ParameterSpec('seed', 0, 'episode i uses scene seed SEED + i', 0, 2 ** 31 - 1),
     ParameterSpec('episodes', 8, 'number of episodes to play', 1, 100_000),
     ParameterSpec('reset_scenes', True,
@@ -154,6 +157,10 @@ class TaskNode(Node):
             if values['on_finish'] not in ON_FINISH:
                 raise ParameterError(f'on_finish must be one of {", ".join(ON_FINISH)}, '
                                      f'got {values["on_finish"]!r}')
+            self._families = parse_families(values['families'])
+            if values['scenario'] and self._families != FAMILIES:
+                raise ValueError('families chooses generated instructions; a scenario file '
+                                 'brings its own')
             self._instructions = load_instructions(values['scenario']) \
                 if values['scenario'] else None
             self._check_scenario(values)
@@ -309,7 +316,8 @@ class TaskNode(Node):
     def _play_episode(self, index: int) -> EpisodeResult:
         values = self._values
         if values['reset_scenes']:
-            spec = make_episode(index, values['seed'], self._instructions)
+            spec = make_episode(index, values['seed'], self._instructions,
+                                families=self._families)
             start_time = self._load_scene(spec, index)
             start_pose = (spec.scene.robot_x, spec.scene.robot_y, spec.scene.robot_yaw)
         else:
@@ -371,8 +379,9 @@ class TaskNode(Node):
             return EpisodeSpec(index, seed, instruction.task.family, instruction, scene)
         rng = random.Random(seed + index)
         # A robot facing a wall has no room for a move task: take the next family then.
-        for shift in range(len(FAMILIES)):
-            family = FAMILIES[(index + shift) % len(FAMILIES)]
+        families = self._families
+        for shift in range(len(families)):
+            family = families[(index + shift) % len(families)]
             try:
                 instruction = generate_instruction(scene, family, rng)
             except ValueError:

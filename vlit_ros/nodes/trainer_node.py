@@ -110,12 +110,15 @@ PARAMETERS = (
                   'KL budget: an update stops once its approximate KL to the policy that '
                   'collected the data exceeds this', 1e-6, 1000.0),
     ParameterSpec('max_grad_norm', 1.0, 'gradient norm clip', 1e-6, 1e6),
-    ParameterSpec('rollback_window', 8,
+    ParameterSpec('rollback_window', 20,
                   'episodes in the moving average of episode reward (and episodes that '
                   'measure the reference policy before the first update)', 1, 10_000),
     ParameterSpec('rollback_margin', 1.5,
-                  'roll back when the moving average falls this far below the reference',
+                  'roll back when the moving average falls this far below the reference ...',
                   0.0, 1000.0),
+    ParameterSpec('rollback_sigmas', 3.0,
+                  '... and this many standard errors of the difference of the two averages '
+                  '(0: the margin alone)', 0.0, 1000.0),
     ParameterSpec('reference_return', _NAN,
                   "the reference policy's average episode reward when known (NaN: measure "
                   'it over the first rollback_window episodes)'),
@@ -168,6 +171,7 @@ class TrainerSettings:
     max_grad_norm: float
     rollback_window: int
     rollback_margin: float
+    rollback_sigmas: float
     reference_return: float
     snapshots: int
     reward_window_s: float

@@ -439,6 +439,16 @@ class EpisodeJudge:
         return self.FAILURE_PENALTY if penalty is None else penalty
 
 
+def parse_families(text: str) -> Tuple[str, ...]:
+    """Parse comma-separated family names ('goto,turn'); raise ValueError on unknown ones."""
+    families = tuple(f.strip() for f in text.split(',') if f.strip())
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f'unknown families {unknown or text!r}; expected some of '
+                         f'{", ".join(FAMILIES)}')
+    return families
+
+
 def family_counts(families: Sequence[str]) -> Dict[str, int]:
     """Count episodes per family in FAMILIES order."""
     return {f: sum(1 for x in families if x == f) for f in FAMILIES}
@@ -447,5 +457,5 @@ def family_counts(families: Sequence[str]) -> Dict[str, int]:
 __all__ = [
     'COLORS', 'EpisodeJudge', 'FAMILIES', 'GotoTask', 'Instruction', 'MoveTask', 'Outcome',
     'SHAPES', 'StopTask', 'Task', 'TurnTask', 'generate_instruction', 'load_instructions',
-    'task_from_dict',
+    'parse_families', 'task_from_dict',
 ]
