@@ -23,6 +23,7 @@ import torch
 
 from vlit_ros.checkpoints import DEFAULT_CHECKPOINT
 from vlit_ros.core.model import load_checkpoint
+from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
 from vlit_ros.sim import tasks
 
 # Readings further off than this would fail the episode even if driven perfectly.
@@ -63,9 +64,10 @@ def main(argv=None) -> int:
     model.eval()
     with torch.no_grad():
         read = fusion.task_parameters(model.vlm.encode_text([text for _, text, _ in rows]))
-    # Outputs are the angle over pi and the distance over 2 m (fusion.TASK_PARAMETERS).
+    # Outputs are scaled (fusion.TASK_PARAMETERS): back to degrees and metres.
     readings = [(family, text, wanted,
-                 float(read[i, 0]) * 180.0 if family == 'turn' else float(read[i, 1]) * 2.0)
+                 math.degrees(float(read[i, 0]) * TURN_ANGLE_SCALE_RAD) if family == 'turn'
+                 else float(read[i, 1]) * MOVE_DISTANCE_SCALE_M)
                 for i, (family, text, wanted) in enumerate(rows)]
     summary = {}
     for family, unit in (('turn', 'deg'), ('move', 'm')):

@@ -111,6 +111,7 @@ def forward_probability(model, fused, odometry):
 
 def learner_for(model, **settings):
     settings.setdefault('reference_return', 0.0)
+    settings.setdefault('value_warmup_updates', 0)
     return OnlineLearner(model, LearnerConfig(**settings), source_hash='ab' * 32)
 
 
@@ -403,7 +404,8 @@ def test_pausing_stops_updates(model):
 
 def test_updates_wait_until_the_reference_average_is_measured(model):
     fused, odometry = states(model, 1, 9)
-    learner = OnlineLearner(model, LearnerConfig(rollback_window=3, target_kl=1.0),
+    learner = OnlineLearner(model, LearnerConfig(rollback_window=3, target_kl=1.0,
+                                                 value_warmup_updates=0),
                             source_hash='ab' * 32)
     for round_ in range(3):
         rollout = rollout_of(collect(model, fused, odometry, learner.version, seed=round_),
@@ -411,6 +413,28 @@ def test_updates_wait_until_the_reference_average_is_measured(model):
         report = learner.update(rollout)
         assert report.status == ('updated' if round_ == 2 else 'measuring_reference'), report
     assert learner.reference_return == pytest.approx(1.0)
+
+
+def test_value_warm_up_and_the_critic_leave_the_policy_alone(model):
+    fused, odometry = states(model, 64, 13)
+    learner = learner_for(model, value_warmup_updates=2, target_kl=1.0, learning_rate=1e-2)
+    before = weights(model)
+    for round_ in range(2):
+        report = learner.update(rollout_of(collect(model, fused, odometry, learner.version,
+                                                   seed=round_),
+                                           lambda a: 3.0 * float(a == FORWARD)))
+        assert report.status == 'updated' and report.steps > 0, report
+    # Warm-up fits the value head alone: the value loss reaches neither the body nor the
+    # policy head, so the policy is bit-identical.
+    changed = {key for key, value in before.items()
+               if not torch.equal(value, model.state_dict()[key])}
+    assert changed == {'executor.value_head.weight', 'executor.value_head.bias'}
+    learner.update(rollout_of(collect(model, fused, odometry, learner.version, seed=2),
+                              lambda a: 3.0 * float(a == FORWARD)))
+    assert not torch.equal(before['executor.policy_head.weight'],
+                           model.state_dict()['executor.policy_head.weight'])
+    with pytest.raises(ValueError, match='value_warmup_updates'):
+        LearnerConfig(value_warmup_updates=-1)
 
 
 # -- rollback ---------------------------------------------------------------------------
@@ -433,7 +457,7 @@ def test_a_falling_moving_average_rolls_back_to_the_last_good_weights(model, tmp
     fused, odometry = states(model, 16, 11)
     learner = OnlineLearner(model, LearnerConfig(rollback_window=2, rollback_margin=0.5,
                                                  reference_return=1.0, target_kl=1.0,
-                                                 learning_rate=1e-2),
+                                                 learning_rate=1e-2, value_warmup_updates=0),
                             source_hash='ab' * 32, directory=tmp_path)
 
     def train():
@@ -467,7 +491,8 @@ def test_the_guard_allows_for_the_spread_of_episode_rewards(model):
 
     def learner_with(sigmas):
         learner = OnlineLearner(model, LearnerConfig(rollback_window=20, rollback_margin=1.5,
-                                                     rollback_sigmas=sigmas, target_kl=1.0),
+                                                     rollback_sigmas=sigmas, target_kl=1.0,
+                                                     value_warmup_updates=0),
                                 source_hash='ab' * 32)
         # The reference policy: goto-like episodes, a timeout (-4) or a success (+5).
         reference = [EpisodeSummary(r, learner.version, 10, None) for r in [-4.0, 5.0] * 10]

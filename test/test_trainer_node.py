@@ -58,7 +58,7 @@ class Trainer:
                       'minibatch_size': EPISODES_PER_ROLLOUT, 'target_kl': 1.0,
                       'learning_rate': 0.003, 'settle_s': 0.2, 'reward_delay_s': 0.0,
                       'max_publish_rate_hz': 20.0, 'plot_period_s': 0.5,
-                      'rollback_window': 1000}
+                      'rollback_window': 1000, 'value_warmup_updates': 0}
         args = []
         for name, value in parameters.items():
             args += ['-p', f'{name}:={value}']

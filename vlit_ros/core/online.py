@@ -37,7 +37,9 @@ unmatched. Non-finite rewards and rewards beyond +-`reward_limit` (`DEFAULT_REWA
 Learning (`OnlineLearner`): PPO-clip with GAE on the InstructionExecutor (and, with
 `train_fusion`, the cross-modal fusion layers), plus a KL penalty to a frozen copy of the
 instruction-tuned policy and a KL budget: the update stops early when the mean approximate KL
-to the policy that collected the data exceeds `target_kl`. Guards: a non-finite loss or
+to the policy that collected the data exceeds `target_kl`. The value head reads the
+executor's features with their gradient stopped, so fitting values never moves the policy,
+and the first `value_warmup_updates` updates fit the value head alone. Guards: a non-finite loss or
 gradient abandons the whole update and leaves every weight and the optimizer state as they
 were, bit for bit; updates are refused while paused (e-stop); when the moving average of
 episode returns falls below the reference policy's by `rollback_margin` and by
@@ -72,7 +74,7 @@ import torch.nn.functional as F
 from vlit_ros.core.actions import NUM_ACTIONS
 from vlit_ros.core.model.checkpoint import atomic_write, read_checkpoint_info, \
     save_checkpoint
-from vlit_ros.core.model.executor import ODOMETRY_FEATURES, VLITModel
+from vlit_ros.core.model.executor import ExecutorOutput, ODOMETRY_FEATURES, VLITModel
 from vlit_ros.core.model.vision import as_image_batch
 
 EXPERIENCE_LAYOUT_VERSION = 1
@@ -820,6 +822,8 @@ class LearnerConfig:
     target_kl: float = 0.03
     # gradient norm clip
     max_grad_norm: float = 1.0
+    # updates at the start that fit only the value head (the policy stays as it is)
+    value_warmup_updates: int = 5
     # also train the cross-modal fusion layers (transitions must carry image and instruction)
     train_fusion: bool = False
     # episodes in the moving average of episode reward, and episodes that measure the
@@ -847,6 +851,10 @@ class LearnerConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f'LearnerConfig.{name} must be a positive integer, '
                                  f'got {value!r}')
+        warmup = self.value_warmup_updates
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f'LearnerConfig.value_warmup_updates must be a non-negative '
+                             f'integer, got {warmup!r}')
         for name in ('value_coef', 'entropy_coef', 'kl_coef', 'rollback_margin',
                      'rollback_sigmas'):
             _check_fraction(name, getattr(self, name), high=1e3)
@@ -1176,6 +1184,9 @@ class OnlineLearner:
         steps = 0
         early_stop = False
         last_kl = math.nan
+        # The first updates fit only the value head: advantages from an untrained critic
+        # would point the policy anywhere.
+        warming_up = self.updates < config.value_warmup_updates
         for _ in range(config.epochs):
             order = torch.randperm(count, generator=self.generator)
             for start in range(0, count, config.minibatch_size):
@@ -1189,9 +1200,11 @@ class OnlineLearner:
                         raise _NonFinite('the KL to the behaviour policy is not finite')
                     early_stop = True
                     break
-                loss = terms['policy_loss'] + config.value_coef * terms['value_loss'] - \
-                    config.entropy_coef * terms['entropy'] + \
-                    config.kl_coef * terms['reference_kl']
+                loss = config.value_coef * terms['value_loss']
+                if not warming_up:
+                    loss = loss + terms['policy_loss'] - \
+                        config.entropy_coef * terms['entropy'] + \
+                        config.kl_coef * terms['reference_kl']
                 if not bool(torch.isfinite(loss)):
                     raise _NonFinite(f'non-finite loss at step {steps + 1}')
                 self.optimizer.zero_grad(set_to_none=True)
@@ -1227,7 +1240,13 @@ class OnlineLearner:
         else:
             fused = rollout.fused[rows.cpu()].to(device)
             reference_fused = fused
-        output = self.model.executor(fused, odometry, prev)[0]
+        executor = self.model.executor
+        hidden = executor.features(fused, odometry, prev)
+        # The critic reads the actor's features but does not shape them: fitting values
+        # (returns of several units, from an untrained value head) would otherwise drive the
+        # shared body, and with it the policy, away from the instruction-tuned one.
+        output = ExecutorOutput(executor.policy_head(hidden),
+                                executor.value_head(hidden.detach()).squeeze(-1))
         with torch.no_grad():
             reference_logits = self.reference_executor(reference_fused, odometry,
                                                        prev)[0].logits.float()

@@ -110,6 +110,8 @@ PARAMETERS = (
                   'KL budget: an update stops once its approximate KL to the policy that '
                   'collected the data exceeds this', 1e-6, 1000.0),
     ParameterSpec('max_grad_norm', 1.0, 'gradient norm clip', 1e-6, 1e6),
+    ParameterSpec('value_warmup_updates', 5,
+                  'updates at the start that fit only the value head', 0, 100_000),
     ParameterSpec('rollback_window', 20,
                   'episodes in the moving average of episode reward (and episodes that '
                   'measure the reference policy before the first update)', 1, 10_000),
@@ -169,6 +171,7 @@ class TrainerSettings:
     kl_coef: float
     target_kl: float
     max_grad_norm: float
+    value_warmup_updates: int
     rollback_window: int
     rollback_margin: float
     rollback_sigmas: float

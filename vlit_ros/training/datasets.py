@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import GotoTask, MoveTask, task_from_dict, TurnTask
 from vlit_ros.training.captions import image_box, visible_objects
@@ -86,10 +87,10 @@ def auxiliary_targets(episode: dict, poses: np.ndarray) -> Tuple[np.ndarray, np.
     mask = np.zeros_like(targets, dtype=bool)
     task = task_from_dict(episode['task'])
     if isinstance(task, TurnTask):
-        targets[:, 3] = math.radians(task.angle_deg) / math.pi
+        targets[:, 3] = math.radians(task.angle_deg) / TURN_ANGLE_SCALE_RAD
         mask[:, 3] = True
     elif isinstance(task, MoveTask):
-        targets[:, 4] = task.distance_m / 2.0
+        targets[:, 4] = task.distance_m / MOVE_DISTANCE_SCALE_M
         mask[:, 4] = True
     elif isinstance(task, GotoTask):
         scene = Scene.generate(episode['seed'])

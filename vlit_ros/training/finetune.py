@@ -46,8 +46,9 @@ from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.model import (as_image_batch, load_checkpoint, load_weights_from_bytes,
                                  PretrainingModel, save_checkpoint, VLITModel)
 from vlit_ros.core.model.checkpoint import WEIGHTS_FILE
-from vlit_ros.core.model.fusion import TASK_PARAMETERS
 from vlit_ros.core.policy import ModelPolicy
+from vlit_ros.core.task_parameters import (MOVE_DISTANCE_SCALE_M, TASK_PARAMETERS,
+                                           TURN_ANGLE_SCALE_RAD)
 from vlit_ros.sim.episode import make_episode, TRAINING_SEED_BASE
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import FAMILIES
@@ -258,7 +259,6 @@ def warm_up_task_head(model: VLITModel, data: TrajectorySet, steps: int,
         return None
     with torch.no_grad():
         text = model.vlm.encode_text(texts)
-    text = type(text)(*(t.detach() for t in text))
     wanted = torch.as_tensor(targets, device=text.pooled.device)
     mask = torch.as_tensor(masks, device=text.pooled.device, dtype=wanted.dtype)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
@@ -272,8 +272,9 @@ def warm_up_task_head(model: VLITModel, data: TrajectorySet, steps: int,
         error = (model.vlm.fusion.task_parameters(text).float() - wanted).abs() * mask
     per_column = error.sum(0) / mask.sum(0).clamp_min(1)
     return {'instructions': len(texts), 'steps': steps,
-            'turn_error_deg': round(float(per_column[0]) * 180.0, 2),
-            'move_error_m': round(float(per_column[1]) * 2.0, 3)}
+            'turn_error_deg': round(math.degrees(float(per_column[0]) * TURN_ANGLE_SCALE_RAD),
+                                    2),
+            'move_error_m': round(float(per_column[1]) * MOVE_DISTANCE_SCALE_M, 3)}
 
 
 def dagger_specs(seed_base: int, round_index: int, episodes: int,

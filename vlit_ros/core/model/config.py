@@ -160,8 +160,8 @@ class FusionConfig:
     # width of the grounding head's query-key space: it scores every image patch for "shows
     # the object the instruction names" and the executor reads that map; 0 means no map
     grounding_dim: int = 128
-    # regress the requested turn angle and drive distance from the sentence embedding and
-    # hand them to the executor as two numbers, next to the odometry they are compared with
+    # regress the requested turn angle and drive distance from the instruction and hand
+    # them to the executor as two numbers, next to the odometry they are compared with
     task_parameters: bool = True
     # read those two numbers from the instruction's token features (attention pooling with
     # the sentence embedding as query) rather than from the sentence embedding alone

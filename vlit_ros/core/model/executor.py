@@ -35,10 +35,11 @@ import torch.nn.functional as F
 
 from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
 from vlit_ros.core.model.config import ExecutorConfig, ModelConfig
-from vlit_ros.core.model.fusion import VisionLanguageModel
+from vlit_ros.core.model.fusion import task_parameters_of, VisionLanguageModel
 from vlit_ros.core.model.layers import init_weights
 from vlit_ros.core.model.text import TextFeatures
 from vlit_ros.core.model.vision import as_image_batch
+from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
 
 ODOMETRY_FEATURES = 8
 # Remaining distance (m) and angle (rad), and each through tanh(gain * x): 4 features.
@@ -112,27 +113,34 @@ class InstructionExecutor(nn.Module):
                 target_actions: Optional[torch.Tensor] = None
                 ) -> Tuple[ExecutorOutput, Optional[torch.Tensor]]:
         """Return (logits and value, cross-entropy to `target_actions` or None)."""
-        previous = F.one_hot(prev_action, NUM_ACTIONS).to(fused.dtype)
-        odometry = odometry.to(fused.dtype)
-        parts = [fused, odometry, previous]
-        if self.progress:
-            parts.append(self.progress_features(fused, odometry))
-        hidden = self.body(torch.cat(parts, -1))
+        hidden = self.features(fused, odometry, prev_action)
         output = ExecutorOutput(self.policy_head(hidden), self.value_head(hidden).squeeze(-1))
         loss = None
         if target_actions is not None:
             loss = F.cross_entropy(output.logits.float(), target_actions)
         return output, loss
 
+    def features(self, fused: torch.Tensor, odometry: torch.Tensor,
+                 prev_action: torch.Tensor) -> torch.Tensor:
+        """Return the body's output (B, hidden), which the policy and value heads read."""
+        previous = F.one_hot(prev_action, NUM_ACTIONS).to(fused.dtype)
+        odometry = odometry.to(fused.dtype)
+        parts = [fused, odometry, previous]
+        if self.progress:
+            parts.append(self.progress_features(fused, odometry))
+        return self.body(torch.cat(parts, -1))
+
     def progress_features(self, fused: torch.Tensor, odometry: torch.Tensor) -> torch.Tensor:
         """
         Return (B, 4): distance (m) and angle (rad) still to go, then tanh(gain * each).
 
-        From the fused state's requested angle over pi and distance over 2 m (its last two
-        entries) and the odometry features' x over `distance_scale_m` and unwrapped yaw over pi.
+        From the fused state's task parameters (`fusion.task_parameters_of`) and the
+        odometry features' x over `distance_scale_m` and unwrapped yaw over pi.
         """
-        distance = fused[..., -1] * 2.0 - odometry[..., 0] * self.distance_scale_m
-        angle = (fused[..., -2] - odometry[..., 4]) * math.pi
+        requested = task_parameters_of(fused)
+        distance = requested[..., 1] * MOVE_DISTANCE_SCALE_M - \
+            odometry[..., 0] * self.distance_scale_m
+        angle = requested[..., 0] * TURN_ANGLE_SCALE_RAD - odometry[..., 4] * math.pi
         remaining = torch.stack([distance, angle], -1)
         return torch.cat([remaining, torch.tanh(_PROGRESS_GAIN * remaining)], -1)
 

@@ -34,6 +34,7 @@ from vlit_ros.core.model.layers import init_weights, TransformerBlock
 from vlit_ros.core.model.text import build_text_encoder, normalize_instruction, \
     stack_features, TextEmbeddingCache, TextFeatures
 from vlit_ros.core.model.vision import build_vision_encoder
+from vlit_ros.core.task_parameters import TASK_PARAMETERS
 
 
 class Projector(nn.Module):
@@ -52,8 +53,9 @@ class Projector(nn.Module):
 GROUNDING_PRIOR_LOGIT = -3.0
 # The grounding map's summary: log(1 + mass), centroid column and row.
 GROUNDING_SUMMARY = 3
-# Task parameters: requested turn angle over pi (+ = left), requested distance over 2 m.
-TASK_PARAMETERS = ('turn_angle', 'move_distance')
+def task_parameters_of(fused: torch.Tensor) -> torch.Tensor:
+    """Return the task parameters (..., 2) of a fused state that has them (its last entries)."""
+    return fused[..., -len(TASK_PARAMETERS):]
 
 
 class GroundingHead(nn.Module):
@@ -176,7 +178,7 @@ class CrossModalFusion(nn.Module):
         return FusionOutput(torch.cat(parts, -1), logits, parameters)
 
     def task_parameters(self, text: TextFeatures) -> torch.Tensor:
-        """Return the requested angle over pi and distance over 2 m (B, 2) of encoded text."""
+        """Return the task parameters (B, 2) of encoded text (see TASK_PARAMETERS)."""
         if isinstance(self.task_head, TaskHead):
             return self.task_head(text)
         return self.task_head(text.pooled)
