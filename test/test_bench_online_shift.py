@@ -3,20 +3,13 @@
 
 """bench/online_shift.py: the graph it brings up, how it reads the task log, its table."""
 
-import importlib.util
-from pathlib import Path
-
+from bench_scripts import load_bench_script
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / 'bench' / 'online_shift.py'
 
 
 @pytest.fixture(scope='module')
 def demo():
-    spec = importlib.util.spec_from_file_location('online_shift', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script('online_shift')
 
 
 def test_the_learning_graph_is_the_shifted_goto_graph_with_a_trainer(demo, tmp_path):

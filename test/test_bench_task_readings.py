@@ -3,12 +3,11 @@
 
 """bench/task_readings.py: it enumerates what the generator says, and reads real checkpoints."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 import random
 
+from bench_scripts import load_bench_script
 import pytest
 
 from vlit_ros.core.model import (ExecutorConfig, FusionConfig, ModelConfig, PretrainConfig,
@@ -16,15 +15,10 @@ from vlit_ros.core.model import (ExecutorConfig, FusionConfig, ModelConfig, Pret
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import generate_instruction, MoveTask, TurnTask
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'bench' / 'task_readings.py'
-
 
 @pytest.fixture(scope='module')
 def readings():
-    spec = importlib.util.spec_from_file_location('task_readings', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script('task_readings')
 
 
 def test_every_generated_turn_and_move_instruction_is_enumerated(readings):

@@ -53,6 +53,8 @@ class Projector(nn.Module):
 GROUNDING_PRIOR_LOGIT = -3.0
 # The grounding map's summary: log(1 + mass), centroid column and row.
 GROUNDING_SUMMARY = 3
+
+
 def task_parameters_of(fused: torch.Tensor) -> torch.Tensor:
     """Return the task parameters (..., 2) of a fused state that has them (its last entries)."""
     return fused[..., -len(TASK_PARAMETERS):]
