@@ -823,7 +823,7 @@ class LearnerConfig:
     # gradient norm clip
     max_grad_norm: float = 1.0
     # updates at the start that fit only the value head (the policy stays as it is)
-    value_warmup_updates: int = 5
+    value_warmup_updates: int = 2
     # also train the cross-modal fusion layers (transitions must carry image and instruction)
     train_fusion: bool = False
     # episodes in the moving average of episode reward, and episodes that measure the

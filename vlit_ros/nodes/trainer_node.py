@@ -90,9 +90,11 @@ PARAMETERS = (
     ParameterSpec('train_fusion', False,
                   'also train the cross-modal fusion layers (the follower must publish '
                   'images and instructions with its experience)'),
-    ParameterSpec('rollout_steps', 256,
-                  'update once finished trajectories hold this many transitions', 1, 100_000),
-    ParameterSpec('max_buffered', 4096,
+    ParameterSpec('rollout_steps', 2048,
+                  'update once finished trajectories hold this many transitions (several '
+                  'episodes: advantages normalised over one or two are mostly noise)',
+                  1, 100_000),
+    ParameterSpec('max_buffered', 8192,
                   'cut a long unfinished trajectory (its last value bootstraps the rest) '
                   'when this many transitions wait', 2, 1_000_000),
     ParameterSpec('gamma', 0.99, 'discount per control step', 0.0, 1.0),
@@ -110,7 +112,7 @@ PARAMETERS = (
                   'KL budget: an update stops once its approximate KL to the policy that '
                   'collected the data exceeds this', 1e-6, 1000.0),
     ParameterSpec('max_grad_norm', 1.0, 'gradient norm clip', 1e-6, 1e6),
-    ParameterSpec('value_warmup_updates', 5,
+    ParameterSpec('value_warmup_updates', 2,
                   'updates at the start that fit only the value head', 0, 100_000),
     ParameterSpec('rollback_window', 20,
                   'episodes in the moving average of episode reward (and episodes that '
