@@ -108,8 +108,10 @@ def learning_graph(args, learner_dir: Path) -> bringup.Graph:
     config = bringup.BringupConfig(
         sim='mujoco', learn=True, shifted=True, families=('goto',), seed=LEARN_SEED,
         episodes=100_000, real_time_factor=args.speed, checkpoint=args.checkpoint)
-    graph = bringup.describe(config).with_parameters('instruction_follower',
-                                                     temperature=args.temperature)
+    # A trainer that trains the fusion layers needs each transition's image and instruction.
+    graph = bringup.describe(config).with_parameters(
+        'instruction_follower', temperature=args.temperature,
+        experience_images=args.train_fusion)
     return graph.with_parameters('trainer', output_dir=str(learner_dir), resume=False,
                                  train_fusion=args.train_fusion)
 

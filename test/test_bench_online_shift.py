@@ -26,6 +26,11 @@ def test_the_learning_graph_is_the_shifted_goto_graph_with_a_trainer(demo, tmp_p
     assert follower['sample_actions'] and follower['publish_experience']
     assert follower['temperature'] == 0.7
     assert trainer['output_dir'] == str(tmp_path / 'learner') and trainer['resume'] is False
+    assert trainer['train_fusion'] is False and follower['experience_images'] is False
+    fusion = demo.learning_graph(demo.parse_args(['--out', str(tmp_path), '--train-fusion']),
+                                 tmp_path / 'learner')
+    assert fusion.node('trainer').parameters['train_fusion'] is True
+    assert fusion.node('instruction_follower').parameters['experience_images'] is True
 
 
 def test_episode_outcomes_read_the_task_nodes_lines(demo, tmp_path):
