@@ -846,15 +846,14 @@ class LearnerConfig:
         _check_fraction('gae_lambda', self.gae_lambda)
         _check_fraction('clip', self.clip, low_open=True)
         _check_fraction('learning_rate', self.learning_rate, low_open=True)
-        for name in ('epochs', 'minibatch_size', 'rollback_window', 'snapshots'):
+        for name, least, kind in (('epochs', 1, 'positive'), ('minibatch_size', 1, 'positive'),
+                                  ('rollback_window', 1, 'positive'),
+                                  ('snapshots', 1, 'positive'),
+                                  ('value_warmup_updates', 0, 'non-negative')):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f'LearnerConfig.{name} must be a positive integer, '
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f'LearnerConfig.{name} must be a {kind} integer, '
                                  f'got {value!r}')
-        warmup = self.value_warmup_updates
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f'LearnerConfig.value_warmup_updates must be a non-negative '
-                             f'integer, got {warmup!r}')
         for name in ('value_coef', 'entropy_coef', 'kl_coef', 'rollback_margin',
                      'rollback_sigmas'):
             _check_fraction(name, getattr(self, name), high=1e3)
@@ -1045,8 +1044,9 @@ class OnlineLearner:
             if self.reference_return is None or \
                     len(self._recent) < self.config.rollback_window:
                 continue
-            if self.average_return < self.rollback_threshold():
-                self.last_rollback = (self.average_return, self.rollback_threshold())
+            threshold = self.rollback_threshold()
+            if self.average_return < threshold:
+                self.last_rollback = (self.average_return, threshold)
                 self.rollback()
                 return 'rolled_back'
             self._mark_good(self._recent[-1][1])

@@ -92,8 +92,8 @@ class InstructionExecutor(nn.Module):
         Build the MLP for fused states of `state_dim`.
 
         `task_parameters`: the fused state's last two entries are the task head's requested
-        angle over pi and distance over 2 m; with `config.progress_features` the executor
-        then also reads what remains of them.
+        angle and distance (scaled as in `core.task_parameters`); with
+        `config.progress_features` the executor then also reads what remains of them.
         """
         super().__init__()
         self.progress = bool(task_parameters and config.progress_features)
