@@ -43,7 +43,7 @@ def test_mujoco_graph_has_sim_task_and_follower():
     assert task.parameters['seed'] == 4 and task.parameters['episodes'] == 3
     assert task.parameters['families'] == 'goto,turn,move,stop'
     assert task.parameters['reset_scenes'] is True
-    assert task.parameters['min_episode_listeners'] == 0
+    assert 'min_episode_listeners' not in task.parameters
     assert task.parameters['use_sim_time'] is True
     assert follower.parameters == {'policy': PLUGIN, 'device': 'cpu', 'use_sim_time': True}
     assert all(n.namespace == '' and n.remappings == () for n in graph.nodes)
@@ -176,6 +176,8 @@ def test_default_parameters_file_matches_the_nodes():
     assert path == ROOT / 'config' / 'vlit_ros.yaml'
     data = yaml.safe_load(path.read_text())
     graph = _graph(sim='mujoco')
+    # Some parameters bring-up sets only with learn:=true (the task's min_episode_listeners).
+    learning = _graph(sim='mujoco', learn='true', policy='model')
     assert set(data) == {f'/**/{name}' for name in NODE_MODULES}
     for name, module in NODE_MODULES.items():
         declared = {spec.name: spec.default for spec in module.PARAMETERS}
@@ -186,8 +188,9 @@ def test_default_parameters_file_matches_the_nodes():
         # A node-specific entry would silently beat the bring-up argument.
         assert not set(values) & set(graph.node(name).parameters), name
         # Every parameter is either in the file or set by bring-up.
-        assert set(values) | set(graph.node(name).parameters) | {'checkpoint'} >= \
-            set(declared), name
+        set_by_bringup = set(graph.node(name).parameters) | \
+            set(learning.node(name).parameters)
+        assert set(values) | set_by_bringup | {'checkpoint'} >= set(declared), name
 
 
 def test_gazebo_is_refused_clearly_where_it_is_missing(tmp_path, monkeypatch):

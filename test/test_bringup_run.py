@@ -17,7 +17,9 @@ from geometry_msgs.msg import Twist
 from std_msgs.msg import String
 from test_sim_node import new_domain, Probe, ros_env
 
+from vlit_ros import bringup
 from vlit_ros.qos import COMMAND_QOS, STREAM_QOS
+import yaml
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 SCENARIO_S = 120.0
@@ -42,7 +44,14 @@ def test_two_namespaced_robots_do_not_interfere(tmp_path):
     for robot in ROBOTS:
         topics[f'/{robot}/vlit/action'] = (String, STREAM_QOS)
         topics[f'/{robot}/cmd_vel'] = (Twist, COMMAND_QOS)
+        topics[f'/{robot}/vlit/episode'] = (String, STREAM_QOS)
     probe = Probe(domain, topics)
+    # Each task waits for the probe on its vlit/episode before the first episode, so the
+    # probe is in the graph before the followers' one-off vlit/action reports.
+    params = tmp_path / 'params.yaml'
+    values = yaml.safe_load(bringup.default_params_file().read_text())
+    values['/**/task']['ros__parameters']['min_episode_listeners'] = 1
+    params.write_text(yaml.safe_dump(values))
     runs = {}
     try:
         for robot, (policy, line) in ROBOTS.items():
@@ -52,6 +61,7 @@ def test_two_namespaced_robots_do_not_interfere(tmp_path):
             runs[robot] = (subprocess.Popen(
                 [sys.executable, '-m', 'vlit_ros.cli', 'run', 'sim:=mujoco',
                  f'namespace:={robot}', f'policy:={policy}', f'scenario:={scenario}',
+                 f'params_file:={params}',
                  'episodes:=1', 'real_time_factor:=2.0',
                  f'results_path:={tmp_path / robot}.json'],
                 env=ros_env(domain), stdout=log, stderr=subprocess.STDOUT), log)

@@ -335,9 +335,11 @@ def _task(config: BringupConfig) -> NodeSpec:
         'families': ','.join(config.families),
         'results_path': config.results_path, 'use_sim_time': config.use_sim_time,
         # Gazebo shows one world and cannot load another per episode.
-        'reset_scenes': config.sim == 'mujoco',
-        # The trainer must see every episode from the first.
-        'min_episode_listeners': 1 if config.learn else 0}
+        'reset_scenes': config.sim == 'mujoco'}
+    if config.learn:
+        # The trainer must see every episode from the first. Without it, the parameters
+        # file decides (a recorder or a test may ask the task to wait for it).
+        parameters['min_episode_listeners'] = 1
     return NodeSpec('task', 'task', 'vlit_ros.nodes.task_node', config.namespace, parameters)
 
 
