@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
         graph = bringup.describe(config)
         graph = graph.with_parameters('sim', publish_top_view=not args.no_video)
         # The monitor must see the first episode start, like any trainer.
-        listeners = graph.node('task').parameters['min_episode_listeners'] + 1
+        listeners = graph.node('task').parameters.get('min_episode_listeners', 0) + 1
         graph = graph.with_parameters('task', on_finish='exit',
                                       min_episode_listeners=listeners)
         params = bringup.params_file(config)
