@@ -8,7 +8,8 @@ Why goto episodes fail: where the robot stops, and how well the grounding map fi
 
 Rolls the checkpoint out on generated goto episodes (scene seeds SEED, SEED + 1, ...), and for
 each prints the outcome, the distance from the target where the robot ended, and the object
-it ended nearest to. Every third frame it also scores the model's grounding map against the
+it ended nearest to, and the grounding map's highest probability on its last view. Every
+third frame it also scores the model's grounding map against the
 target's ground-truth box: on frames where the target covers a patch, how often the map's
 highest patch is on it; on frames where it does not, how often some patch is above 0.5.
 """
@@ -68,8 +69,11 @@ def main(argv=None) -> int:
                               for _, pose in sampled], np.float32)
             labels = grounding_labels(boxes, policy.model.vlm.vision.grid)
             probabilities = grounding_probabilities(
-                policy.model, np.stack([image for image, _ in sampled]),
+                policy.model, np.stack([image for image, _ in sampled] + [frames[-1][0]]),
                 spec.instruction.text)
+            # What the map said about the last view: low where the robot ended at another
+            # object means the map knew and the executor stopped anyway.
+            final, probabilities = float(probabilities[-1].max()), probabilities[:-1]
             for label, probability in zip(labels, probabilities):
                 if label.max() > COVERED:
                     visible += 1
@@ -84,13 +88,17 @@ def main(argv=None) -> int:
                          'outcome': judge,
                          'target_distance_m': round(math.hypot(
                              target.x - result_pose[0], target.y - result_pose[1]), 2),
-                         'nearest': nearest.name})
+                         'nearest': nearest.name, 'final_map_max': round(final, 3)})
             print(f'{judge:24s} {rows[-1]["target_distance_m"]:5.2f} m from {target.name:16s} '
-                  f'nearest {nearest.name:16s} "{spec.instruction.text}"', flush=True)
+                  f'nearest {nearest.name:16s} map max {final:.2f} '
+                  f'"{spec.instruction.text}"', flush=True)
     summary = {
         'episodes': len(rows),
         'outcomes': dict(Counter(row['outcome'] for row in rows)),
         'ended_nearest_another_object': sum(row['nearest'] != row['target'] for row in rows),
+        # of those, how many ended looking at a view whose map had no patch above 0.5
+        'ended_at_another_object_map_below_half': sum(
+            row['nearest'] != row['target'] and row['final_map_max'] < 0.5 for row in rows),
         'grounding_on_target': on_target / max(visible, 1), 'frames_target_visible': visible,
         'grounding_false_alarm': false_alarms / max(empty, 1), 'frames_target_absent': empty}
     print(json.dumps(summary, indent=1))

@@ -14,11 +14,12 @@ import pytest
 
 from vlit_ros.sim.episode import TRAINING_SEED_BASE
 from vlit_ros.sim.scene import COLORS, ObjectSpec, Scene
-from vlit_ros.sim.tasks import FAMILIES, load_instructions
+from vlit_ros.sim.tasks import FAMILIES, GOTO_TEMPLATES, load_instructions, SHAPE_WORDS
 from vlit_ros.sim.world import World
 from vlit_ros.training import captions
 from vlit_ros.training.datagen import GenDataConfig, generate
-from vlit_ros.training.datasets import grounding_labels, NO_BOX, target_boxes
+from vlit_ros.training.datasets import (grounding_labels, grounding_queries, NO_BOX,
+                                        object_boxes, QUERY_SPAN, target_boxes)
 from vlit_ros.training.phrasings import (training_instruction, unseen_goto_instructions,
                                          UNSEEN_GOTO_SEED, UNSEEN_GOTO_TEMPLATES,
                                          uses_template)
@@ -118,6 +119,43 @@ def test_a_hidden_target_has_no_box():
     with mock.patch.object(Scene, 'generate', return_value=scene):
         assert not target_boxes(hidden, pose).any()
         assert target_boxes(front, pose).any()
+
+
+def test_relabelled_grounding_queries_name_other_objects_with_their_own_boxes():
+    # A goto episode driving straight at its target, as the expert ends one.
+    scene = Scene.generate(TRAINING_SEED_BASE + 7)
+    target = scene.objects[0]
+    start = np.array([scene.robot_x, scene.robot_y])
+    heading = math.atan2(target.y - start[1], target.x - start[0])
+    steps = np.linspace(0.0, 1.0, 60)[:, None]
+    end = np.array([target.x, target.y]) - 0.6 * np.array([math.cos(heading),
+                                                           math.sin(heading)])
+    poses = np.concatenate([start + steps * (end - start),
+                            np.full((60, 1), heading)], 1).astype(np.float32)
+    episode = {'seed': scene.seed, 'first_frame': 0, 'text': 'go to the thing',
+               'task': {'type': 'goto', 'color': target.color, 'shape': target.shape}}
+    texts, boxes = grounding_queries(episode, poses)
+    again = grounding_queries(episode, poses)
+    assert texts == again[0] and np.array_equal(boxes, again[1])
+    assert len(texts) == 60 and boxes.shape == (60, 4)
+    named = set()
+    for start_row in range(0, 60, QUERY_SPAN):
+        span = slice(start_row, start_row + QUERY_SPAN)
+        text = texts[start_row]
+        assert set(texts[span]) == {text}
+        assert any(uses_template(text, template) for template in GOTO_TEMPLATES)
+        # the text names exactly the object whose boxes label the span
+        matches = [o for o in scene.objects
+                   if np.array_equal(boxes[span], object_boxes(scene, o, poses[span]))
+                   and (o.color in text or o.color == 'purple' and 'violet' in text or
+                        any(word in text.split() for word in SHAPE_WORDS[o.shape]))]
+        assert matches, text
+        named.update(o.name for o in matches)
+    # Other objects are asked about too, so close to the target some views are negatives for
+    # the query while the target fills the view.
+    assert named - {target.name}
+    close = target_boxes(episode, poses).any(1) & ~boxes.any(1)
+    assert close.any()
 
 
 def test_hard_negatives_change_one_attribute_and_are_false():

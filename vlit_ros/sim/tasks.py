@@ -259,6 +259,12 @@ def _referring_expressions(obj: ObjectSpec, scene: Scene) -> List[Tuple[str, Got
     return options
 
 
+def goto_phrasing(obj: ObjectSpec, scene: Scene, rng: random.Random) -> str:
+    """Return a training-set goto instruction that names `obj` unambiguously in `scene`."""
+    ref, _ = rng.choice(_referring_expressions(obj, scene))
+    return rng.choice(GOTO_TEMPLATES).format(ref=ref)
+
+
 def clear_distance_ahead(scene: Scene, pose: Pose2D, backwards: bool = False,
                          step: float = 0.05, limit: float = MAX_MOVE_M + 0.5) -> float:
     """How far the robot can drive straight from `pose` before touching anything (m)."""

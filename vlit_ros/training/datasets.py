@@ -8,6 +8,7 @@ when the model's input size differs from the stored one.
 from dataclasses import dataclass
 import math
 from pathlib import Path
+import random
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
@@ -15,7 +16,7 @@ import numpy as np
 
 from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
 from vlit_ros.sim.scene import Scene
-from vlit_ros.sim.tasks import GotoTask, MoveTask, task_from_dict, TurnTask
+from vlit_ros.sim.tasks import goto_phrasing, GotoTask, MoveTask, task_from_dict, TurnTask
 from vlit_ros.training.captions import image_box, visible_objects
 from vlit_ros.training.shards import iter_shards, read_shard
 
@@ -115,16 +116,24 @@ def target_boxes(episode: dict, poses: np.ndarray) -> np.ndarray:
     """
     Return (frames, 4) boxes (left, right, top, bottom) of the named object in each image.
 
-    In image fractions, from `image_box`; `NO_BOX` where the instruction names no object
-    (turn, move, stop), where the object is out of view, and where a nearer object's box
-    covers its box whole (hidden). They are the grounding head's training labels.
+    In image fractions, from `object_boxes`; `NO_BOX` where the instruction names no object
+    (turn, move, stop). They are the grounding head's training labels.
     """
-    boxes = np.zeros((poses.shape[0], 4), np.float32)
     task = task_from_dict(episode['task'])
     if not isinstance(task, GotoTask):
-        return boxes
+        return np.zeros((poses.shape[0], 4), np.float32)
     scene = Scene.generate(episode['seed'])
-    target = task.target(scene)
+    return object_boxes(scene, task.target(scene), poses)
+
+
+def object_boxes(scene: Scene, target, poses: np.ndarray) -> np.ndarray:
+    """
+    Return (frames, 4) boxes of one object of `scene` in the image seen from each pose.
+
+    From `image_box`; `NO_BOX` where the object is out of view, and where a nearer object's
+    box covers its box whole (hidden).
+    """
+    boxes = np.zeros((poses.shape[0], 4), np.float32)
     others = [o for o in scene.objects if o is not target]
     for row, pose in enumerate(poses):
         pose = tuple(float(p) for p in pose)
@@ -144,6 +153,36 @@ def target_boxes(episode: dict, poses: np.ndarray) -> np.ndarray:
         if not hidden:
             boxes[row] = box
     return boxes
+
+
+# Frames in a row that share one relabelled grounding query (see `grounding_queries`).
+QUERY_SPAN = 10
+
+
+def grounding_queries(episode: dict, poses: np.ndarray) -> Tuple[List[str], np.ndarray]:
+    """
+    Return (texts per frame, boxes (frames, 4)): a second, relabelled grounding query.
+
+    Every frame of every family shows a scene, so it can teach the grounding map about any
+    object in it, not only the one its instruction names: for each run of `QUERY_SPAN`
+    frames, an object of the scene is drawn, named with a training phrasing
+    (`generate_instruction`'s templates and referring expressions), and labelled with its
+    box in each image (`object_boxes`). Expert data alone never shows the robot close to an
+    object it was not sent to, so without these queries the map learns "a large object ahead
+    is the target" and says so of the wrong object. Deterministic per episode.
+    """
+    scene = Scene.generate(episode['seed'])
+    rng = random.Random(f"{episode['seed']}:{episode['first_frame']}:{episode['text']}")
+    frames = poses.shape[0]
+    texts: List[str] = []
+    boxes = np.zeros((frames, 4), np.float32)
+    for start in range(0, frames, QUERY_SPAN):
+        span = slice(start, min(start + QUERY_SPAN, frames))
+        target = scene.objects[rng.randrange(len(scene.objects))]
+        text = goto_phrasing(target, scene, rng)
+        boxes[span] = object_boxes(scene, target, poses[span])
+        texts += [text] * (span.stop - span.start)
+    return texts, boxes
 
 
 def grounding_labels(boxes: np.ndarray, grid: Tuple[int, int]) -> np.ndarray:
@@ -174,7 +213,9 @@ class TrajectorySet:
     `text_index[i]` points into `texts`; `prev_action[i]` is the action taken at the frame
     before (`start_action` on an episode's first frame); `family[i]` indexes `families`;
     `auxiliary[i]` and `auxiliary_mask[i]` are the frame's auxiliary targets; `target_box[i]`
-    is where the named object is in the image (`target_boxes`).
+    is where the named object is in the image (`target_boxes`); `query_texts[
+    query_text_index[i]]` and `query_box[i]` are the frame's relabelled grounding query
+    (`grounding_queries`).
     """
 
     arrays: Dict[str, np.ndarray]
@@ -186,6 +227,9 @@ class TrajectorySet:
     auxiliary: np.ndarray
     auxiliary_mask: np.ndarray
     target_box: np.ndarray
+    query_texts: List[str]
+    query_text_index: np.ndarray
+    query_box: np.ndarray
 
     def __len__(self) -> int:
         return int(self.text_index.shape[0])
@@ -196,7 +240,9 @@ class TrajectorySet:
                     size: Optional[Tuple[int, int]] = None) -> 'TrajectorySet':
         columns: Dict[str, List[np.ndarray]] = {name: [] for name in _FRAME_ARRAYS}
         text_ids: Dict[str, int] = {}
+        query_ids: Dict[str, int] = {}
         text_index, prev, family, auxiliary, auxiliary_mask, boxes = [], [], [], [], [], []
+        query_index, query_boxes = [], []
         for arrays, meta in shards:
             frames = arrays['step'].shape[0]
             if frames == 0:
@@ -206,13 +252,19 @@ class TrajectorySet:
             targets = np.zeros((frames, len(AUXILIARY_TARGETS)), np.float32)
             mask = np.zeros_like(targets, dtype=bool)
             box = np.zeros((frames, 4), np.float32)
+            query = np.zeros(frames, np.int64)
+            query_box = np.zeros((frames, 4), np.float32)
             for episode in meta['episodes']:
                 span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
                 per_frame_text[span] = text_ids.setdefault(episode['text'], len(text_ids))
                 per_frame_family[span] = families.index(episode['family'])
                 targets[span], mask[span] = auxiliary_targets(episode, arrays['pose'][span])
                 box[span] = target_boxes(episode, arrays['pose'][span])
+                texts, query_box[span] = grounding_queries(episode, arrays['pose'][span])
+                query[span] = [query_ids.setdefault(text, len(query_ids)) for text in texts]
             boxes.append(box)
+            query_index.append(query)
+            query_boxes.append(query_box)
             auxiliary.append(targets)
             auxiliary_mask.append(mask)
             taken = arrays['taken_action']
@@ -228,7 +280,8 @@ class TrajectorySet:
         return cls({k: np.concatenate(v) for k, v in columns.items()}, list(text_ids),
                    np.concatenate(text_index), np.concatenate(prev).astype(np.int64),
                    np.concatenate(family), tuple(families), np.concatenate(auxiliary),
-                   np.concatenate(auxiliary_mask), np.concatenate(boxes))
+                   np.concatenate(auxiliary_mask), np.concatenate(boxes), list(query_ids),
+                   np.concatenate(query_index), np.concatenate(query_boxes))
 
     @classmethod
     def load(cls, roots: Iterable[Path], families: Sequence[str], start_action: int,

@@ -20,6 +20,10 @@ Three things make this learnable in a CPU budget:
   ground-truth box in the image (binary cross-entropy, `--grounding-weight`), and its task
   head the requested angle and distance (squared error, `--task-weight`): dense labels that
   teach the vision encoder colours and shapes far faster than the action loss alone;
+- the grounding head also answers a second, relabelled query per frame: another object of
+  the scene, drawn and named at random, with its own box (`--query-weight`;
+  `datasets.grounding_queries`), so that it learns to say "no" of an object the robot was
+  not sent to, close up as well as far away;
 - before cloning, the task head alone is fitted to the dataset's distinct instructions
   (`--task-warmup-steps`, text only, seconds), so from the first step the executor sees the
   requested angle and distance it must learn to compare with odometry.
@@ -145,7 +149,10 @@ class FamilyBatches:
                 'action': arrays['expert_action'][rows],
                 'auxiliary': self.data.auxiliary[rows],
                 'auxiliary_mask': self.data.auxiliary_mask[rows],
-                'target_box': self.data.target_box[rows]}
+                'target_box': self.data.target_box[rows],
+                'query_texts': self.data.query_texts,
+                'query_text_index': self.data.query_text_index[rows],
+                'query_box': self.data.query_box[rows]}
 
 
 def auxiliary_head(state_dim: int) -> nn.Module:
@@ -164,6 +171,7 @@ class LossWeights:
 
     auxiliary: float = 1.0
     grounding: float = 1.0
+    query: float = 1.0
     task: float = 5.0
 
     def __post_init__(self):
@@ -178,9 +186,20 @@ _LOSS_WEIGHT_HELP = {
     'auxiliary': 'the auxiliary loss on the fused state (target bearing and distance, '
                  'requested angle or distance)',
     'grounding': 'the grounding loss: per patch, does it show the named object',
+    'query': 'the grounding loss of the relabelled query of each frame: per patch, does it '
+             'show another object of the scene, drawn and named at random',
     'task': 'the task-parameter loss: the requested angle and distance read from the '
             'instruction',
 }
+
+
+def _grounding_loss(logits: torch.Tensor, boxes: np.ndarray, grid) -> torch.Tensor:
+    """Binary cross-entropy of grounding logits (B, patches) against boxes (B, 4)."""
+    labels = torch.as_tensor(grounding_labels(boxes, grid), device=logits.device)
+    # Summed over patches, averaged over frames: a frame's few target patches count as much
+    # as its many empty ones would if averaged.
+    return F.binary_cross_entropy_with_logits(logits.float(), labels,
+                                              reduction='sum') / labels.shape[0]
 
 
 def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
@@ -194,8 +213,8 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
     device = model.device
     vlm = model.vlm
     images = as_image_batch(batch['image'], device)
-    details = vlm.fuse_details(vlm.image_tokens(vlm.preprocess(images)),
-                               model.batch_text(batch))
+    image_tokens = vlm.image_tokens(vlm.preprocess(images))
+    details = vlm.fuse_details(image_tokens, model.batch_text(batch))
     fused = details.state
     targets = torch.as_tensor(batch['action'], device=device)
     output, action_loss = model.executor(
@@ -212,14 +231,19 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
         losses['loss_auxiliary'] = auxiliary.detach()
         total = total + weights.auxiliary * auxiliary
     if details.grounding is not None and weights.grounding > 0:
-        labels = torch.as_tensor(grounding_labels(batch['target_box'], vlm.vision.grid),
-                                 device=device)
-        # Summed over patches, averaged over frames: a frame's few target patches count as
-        # much as its many empty ones would if averaged.
-        grounding = F.binary_cross_entropy_with_logits(
-            details.grounding.float(), labels, reduction='sum') / labels.shape[0]
+        grounding = _grounding_loss(details.grounding, batch['target_box'], vlm.vision.grid)
         losses['loss_grounding'] = grounding.detach()
         total = total + weights.grounding * grounding
+    if details.grounding is not None and weights.query > 0 and 'query_box' in batch:
+        # The same images, asked about another object of the scene (`grounding_queries`).
+        query = model.batch_text({'texts': batch['query_texts'],
+                                  'text_index': batch['query_text_index']})
+        fusion = vlm.fusion
+        logits = fusion.grounding(fusion.context_norm(image_tokens)[:, fusion.leading_tokens:],
+                                  query.pooled)
+        query_loss = _grounding_loss(logits, batch['query_box'], vlm.vision.grid)
+        losses['loss_query'] = query_loss.detach()
+        total = total + weights.query * query_loss
     if details.task_parameters is not None and weights.task > 0:
         task_mask = mask[:, _TASK_COLUMNS]
         error = (details.task_parameters.float() - wanted[:, _TASK_COLUMNS]).pow(2) * task_mask
