@@ -244,16 +244,18 @@ STOP_PHRASES: Tuple[str, ...] = (
 )
 
 
-def _referring_expressions(obj: ObjectSpec, scene: Scene) -> List[Tuple[str, GotoTask]]:
-    """All unambiguous ways to name `obj` in `scene`, with the task each one means."""
-    options = []
-    for cw in COLOR_WORDS[obj.color]:
-        for sw in SHAPE_WORDS[obj.shape]:
-            options.append((f'{cw} {sw}', GotoTask(obj.color, obj.shape)))
+def referring_expressions(obj: ObjectSpec, scene: Scene) -> List[Tuple[str, GotoTask]]:
+    """
+    Return the unambiguous names of `obj` in `scene` with the task each one means.
+
+    "red cube" / "violet ball" always, "red one" / "red thing" when the colour is unique in
+    the scene, "ball" when the shape is.
+    """
+    options = [(f'{cw} {sw}', GotoTask(obj.color, obj.shape))
+               for cw in COLOR_WORDS[obj.color] for sw in SHAPE_WORDS[obj.shape]]
     if len(scene.find(color=obj.color)) == 1:
-        for cw in COLOR_WORDS[obj.color]:
-            options += [(f'{cw} one', GotoTask(color=obj.color)),
-                        (f'{cw} thing', GotoTask(color=obj.color))]
+        options += [(f'{cw} {noun}', GotoTask(color=obj.color))
+                    for cw in COLOR_WORDS[obj.color] for noun in ('one', 'thing')]
     if len(scene.find(shape=obj.shape)) == 1:
         options += [(sw, GotoTask(shape=obj.shape)) for sw in SHAPE_WORDS[obj.shape]]
     return options
@@ -261,7 +263,7 @@ def _referring_expressions(obj: ObjectSpec, scene: Scene) -> List[Tuple[str, Got
 
 def goto_phrasing(obj: ObjectSpec, scene: Scene, rng: random.Random) -> str:
     """Return a training-set goto instruction that names `obj` unambiguously in `scene`."""
-    ref, _ = rng.choice(_referring_expressions(obj, scene))
+    ref, _ = rng.choice(referring_expressions(obj, scene))
     return rng.choice(GOTO_TEMPLATES).format(ref=ref)
 
 
@@ -292,7 +294,7 @@ def generate_instruction(scene: Scene, family: str, rng: random.Random,
     """
     if family == 'goto':
         target = scene.objects[rng.randrange(len(scene.objects))]
-        ref, task = rng.choice(_referring_expressions(target, scene))
+        ref, task = rng.choice(referring_expressions(target, scene))
         template = rng.choice(GOTO_HELD_OUT_TEMPLATES if held_out else GOTO_TEMPLATES)
         return Instruction(template.format(ref=ref), task)
     if family == 'turn':

@@ -10,9 +10,9 @@ training text uses them.
 import random
 from typing import List, Tuple
 
-from vlit_ros.sim.scene import ObjectSpec, Scene
-from vlit_ros.sim.tasks import (COLOR_WORDS, generate_instruction, GOTO_HELD_OUT_TEMPLATES,
-                                GotoTask, Instruction, SHAPE_WORDS)
+from vlit_ros.sim.scene import Scene
+from vlit_ros.sim.tasks import (generate_instruction, GOTO_HELD_OUT_TEMPLATES, Instruction,
+                                referring_expressions)
 
 # Goto phrasings of our own that appear in no training data either.
 NEW_UNSEEN_GOTO_TEMPLATES: Tuple[str, ...] = (
@@ -30,23 +30,6 @@ UNSEEN_GOTO_LINES = 200
 def training_instruction(scene: Scene, family: str, rng: random.Random) -> Instruction:
     """Draw a training instruction of one family that is feasible in `scene`."""
     return generate_instruction(scene, family, rng, held_out=False)
-
-
-def referring_expressions(obj: ObjectSpec, scene: Scene) -> List[Tuple[str, GotoTask]]:
-    """
-    Return the unambiguous names of `obj` in `scene` with their tasks.
-
-    The forms are the training set's: "red cube" / "violet ball", "red one" when the colour
-    is unique in the scene, "ball" when the shape is.
-    """
-    options = [(f'{cw} {sw}', GotoTask(obj.color, obj.shape))
-               for cw in COLOR_WORDS[obj.color] for sw in SHAPE_WORDS[obj.shape]]
-    if len(scene.find(color=obj.color)) == 1:
-        options += [(f'{cw} {noun}', GotoTask(color=obj.color))
-                    for cw in COLOR_WORDS[obj.color] for noun in ('one', 'thing')]
-    if len(scene.find(shape=obj.shape)) == 1:
-        options += [(sw, GotoTask(shape=obj.shape)) for sw in SHAPE_WORDS[obj.shape]]
-    return options
 
 
 def unseen_goto_instructions(seed: int = UNSEEN_GOTO_SEED,
