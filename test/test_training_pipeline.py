@@ -98,6 +98,7 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
     context = loop.DistributedContext()
     batch = finetune.FamilyBatches(frames, 32, 0, context).batch(0)
     assert batch['target_box'].any(), 'the batch should hold frames with the target in view'
+    assert batch['query_box'].any(), 'the batch should hold relabelled queries in view'
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     with pytest.raises(ValueError, match='--task-weight must be a non-negative number'):
         finetune.LossWeights(task=math.nan)
@@ -109,8 +110,11 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
         losses['loss'].backward()
         optimiser.step()
         history.append({k: float(v.detach()) for k, v in losses.items()})
-    for key in ('loss_grounding', 'loss_task', 'loss_action'):
+    for key in ('loss_grounding', 'loss_query', 'loss_task', 'loss_action'):
         assert history[-1][key] < 0.5 * history[0][key], key
+    # Without its weight the relabelled query is neither computed nor counted.
+    losses = finetune.imitation_losses(model, None, batch, finetune.LossWeights(query=0.0))
+    assert 'loss_query' not in losses
 
 
 def test_task_head_warm_up_reads_each_instructions_numbers(data):
