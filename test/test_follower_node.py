@@ -28,6 +28,7 @@ from rcl_interfaces.srv import DescribeParameters, SetParameters
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import NodeNameNonExistentError
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
@@ -261,10 +262,13 @@ def test_topics_and_types_follow_the_design(graph_factory):
     }
 
     def graph_matches():
-        subs = dict(node.get_subscriber_names_and_types_by_node('instruction_follower',
-                                                                '/robot1'))
-        pubs = dict(node.get_publisher_names_and_types_by_node('instruction_follower',
-                                                               '/robot1'))
+        try:
+            subs = dict(node.get_subscriber_names_and_types_by_node('instruction_follower',
+                                                                    '/robot1'))
+            pubs = dict(node.get_publisher_names_and_types_by_node('instruction_follower',
+                                                                   '/robot1'))
+        except NodeNameNonExistentError:
+            return False  # not discovered yet
         return all(subs.get(k) == v for k, v in expected_subs.items()) and \
             all(pubs.get(k) == v for k, v in expected_pubs.items())
     assert graph.wait_for(graph_matches, STARTUP_S), (

@@ -22,6 +22,7 @@ import pytest
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import NodeNameNonExistentError
 from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
@@ -183,9 +184,12 @@ def test_publishes_the_sensors_with_sim_time_and_advances_the_clock(sim_graph):
     }
 
     def graph_matches():
-        publishers = dict(node.get_publisher_names_and_types_by_node('sim', '/'))
-        subscriptions = dict(node.get_subscriber_names_and_types_by_node('sim', '/'))
-        services = dict(node.get_service_names_and_types_by_node('sim', '/'))
+        try:
+            publishers = dict(node.get_publisher_names_and_types_by_node('sim', '/'))
+            subscriptions = dict(node.get_subscriber_names_and_types_by_node('sim', '/'))
+            services = dict(node.get_service_names_and_types_by_node('sim', '/'))
+        except NodeNameNonExistentError:
+            return False  # not discovered yet
         return all(publishers.get(k) == v for k, v in expected.items()) and \
             subscriptions.get('/cmd_vel') == ['geometry_msgs/msg/Twist'] and \
             subscriptions.get('/sim/scene') == ['std_msgs/msg/String'] and \
