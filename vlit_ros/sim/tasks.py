@@ -261,10 +261,17 @@ def referring_expressions(obj: ObjectSpec, scene: Scene) -> List[Tuple[str, Goto
     return options
 
 
-def goto_phrasing(obj: ObjectSpec, scene: Scene, rng: random.Random) -> str:
-    """Return a training-set goto instruction that names `obj` unambiguously in `scene`."""
-    ref, _ = rng.choice(referring_expressions(obj, scene))
-    return rng.choice(GOTO_TEMPLATES).format(ref=ref)
+def goto_instruction(obj: ObjectSpec, scene: Scene, rng: random.Random,
+                     held_out: bool = False) -> Instruction:
+    """
+    Draw a goto instruction that names `obj` unambiguously in `scene`.
+
+    A referring expression, then a template: the training set's, or with `held_out=True`
+    the held-out set's.
+    """
+    ref, task = rng.choice(referring_expressions(obj, scene))
+    template = rng.choice(GOTO_HELD_OUT_TEMPLATES if held_out else GOTO_TEMPLATES)
+    return Instruction(template.format(ref=ref), task)
 
 
 def clear_distance_ahead(scene: Scene, pose: Pose2D, backwards: bool = False,
@@ -294,9 +301,7 @@ def generate_instruction(scene: Scene, family: str, rng: random.Random,
     """
     if family == 'goto':
         target = scene.objects[rng.randrange(len(scene.objects))]
-        ref, task = rng.choice(referring_expressions(target, scene))
-        template = rng.choice(GOTO_HELD_OUT_TEMPLATES if held_out else GOTO_TEMPLATES)
-        return Instruction(template.format(ref=ref), task)
+        return goto_instruction(target, scene, rng, held_out)
     if family == 'turn':
         if rng.random() < 0.5:
             text, angle = rng.choice(TURN_NAMED)

@@ -16,7 +16,7 @@ import numpy as np
 
 from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
 from vlit_ros.sim.scene import Scene
-from vlit_ros.sim.tasks import goto_phrasing, GotoTask, MoveTask, task_from_dict, TurnTask
+from vlit_ros.sim.tasks import goto_instruction, GotoTask, MoveTask, task_from_dict, TurnTask
 from vlit_ros.training.captions import image_box, visible_objects
 from vlit_ros.training.shards import iter_shards, read_shard
 
@@ -166,7 +166,7 @@ def grounding_queries(episode: dict, poses: np.ndarray) -> Tuple[List[str], np.n
     Every frame of every family shows a scene, so it can teach the grounding map about any
     object in it, not only the one its instruction names: for each run of `QUERY_SPAN`
     frames, an object of the scene is drawn, named with a training phrasing
-    (`generate_instruction`'s templates and referring expressions), and labelled with its
+    (`goto_instruction`: training templates and referring expressions), and labelled with its
     box in each image (`object_boxes`). Expert data alone never shows the robot close to an
     object it was not sent to, so without these queries the map learns "a large object ahead
     is the target" and says so of the wrong object. Deterministic per episode.
@@ -179,7 +179,7 @@ def grounding_queries(episode: dict, poses: np.ndarray) -> Tuple[List[str], np.n
     for start in range(0, frames, QUERY_SPAN):
         span = slice(start, min(start + QUERY_SPAN, frames))
         target = scene.objects[rng.randrange(len(scene.objects))]
-        text = goto_phrasing(target, scene, rng)
+        text = goto_instruction(target, scene, rng).text
         boxes[span] = object_boxes(scene, target, poses[span])
         texts += [text] * (span.stop - span.start)
     return texts, boxes

@@ -213,8 +213,8 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
     device = model.device
     vlm = model.vlm
     images = as_image_batch(batch['image'], device)
-    image_tokens = vlm.image_tokens(vlm.preprocess(images))
-    details = vlm.fuse_details(image_tokens, model.batch_text(batch))
+    details = vlm.fuse_details(vlm.image_tokens(vlm.preprocess(images)),
+                               model.batch_text(batch))
     fused = details.state
     targets = torch.as_tensor(batch['action'], device=device)
     output, action_loss = model.executor(
@@ -238,9 +238,7 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
         # The same images, asked about another object of the scene (`grounding_queries`).
         query = model.batch_text({'texts': batch['query_texts'],
                                   'text_index': batch['query_text_index']})
-        fusion = vlm.fusion
-        logits = fusion.grounding(fusion.context_norm(image_tokens)[:, fusion.leading_tokens:],
-                                  query.pooled)
+        logits = vlm.fusion.grounding(details.patches, query.pooled)
         query_loss = _grounding_loss(logits, batch['query_box'], vlm.vision.grid)
         losses['loss_query'] = query_loss.detach()
         total = total + weights.query * query_loss

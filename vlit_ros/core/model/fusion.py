@@ -108,6 +108,9 @@ class FusionOutput(NamedTuple):
     state: torch.Tensor
     grounding: Optional[torch.Tensor]
     task_parameters: Optional[torch.Tensor]
+    # the normalised patch tokens (B, patches, text_dim) the grounding head scores, for
+    # asking the head about other texts without running the fusion again
+    patches: torch.Tensor
 
 
 class CrossModalFusion(nn.Module):
@@ -171,13 +174,14 @@ class CrossModalFusion(nn.Module):
         sentence = text.pooled.to(state.dtype)
         parts = [state, sentence * self.sentence_scale]
         logits = parameters = None
+        patches = context[:, self.leading_tokens:]
         if self.grounding is not None:
-            logits = self.grounding(context[:, self.leading_tokens:], sentence)
+            logits = self.grounding(patches, sentence)
             parts += self.grounding_features(logits)
         if self.task_head is not None:
             parameters = self.task_parameters(text)
             parts.append(parameters.to(state.dtype))
-        return FusionOutput(torch.cat(parts, -1), logits, parameters)
+        return FusionOutput(torch.cat(parts, -1), logits, parameters, patches)
 
     def task_parameters(self, text: TextFeatures) -> torch.Tensor:
         """Return the task parameters (B, 2) of encoded text (see TASK_PARAMETERS)."""
