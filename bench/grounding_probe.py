@@ -32,6 +32,7 @@ from vlit_ros.core.model.fusion import VisionLanguageModel
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training.datasets import grounding_labels, TrajectorySet
 from vlit_ros.training.presets import model_config
+from vlit_ros.training.shards import iter_shards
 
 # Share of a patch the target must cover for a frame to count as showing it.
 COVERED = 0.3
@@ -145,13 +146,19 @@ def main(argv=None) -> int:
                              'held-out frames (repeatable)')
     parser.add_argument('--json', default=None, metavar='OUT.json')
     args = parser.parse_args(argv)
-    roots = [Path(args.data)] + ([Path(args.test_data)] if args.test_data else [])
-    # Read root by root, so that the test directory's frames are known to come last.
-    parts = [TrajectorySet.load([root], FAMILIES, start_action=0) for root in roots]
-    data = parts[0] if len(parts) == 1 else \
-        TrajectorySet.load(roots, FAMILIES, start_action=0)
+    training_frames = 0
+
+    def shards():
+        # The training directory first, counting its frames; the test directory's come last.
+        nonlocal training_frames
+        for arrays, meta in iter_shards(Path(args.data), 'trajectories'):
+            training_frames += arrays['step'].shape[0]
+            yield arrays, meta
+        if args.test_data:
+            yield from iter_shards(Path(args.test_data), 'trajectories')
+    data = TrajectorySet.from_shards(shards(), FAMILIES, start_action=0)
     frames = np.arange(len(data))
-    split = len(parts[0]) if args.test_data else int(len(data) * (1.0 - args.held_out))
+    split = training_frames if args.test_data else int(len(data) * (1.0 - args.held_out))
     goto = data.family == data.families.index('goto')
     train_rows = frames[:split][goto[:split]]
     test_rows = {'goto': frames[split:][goto[split:]], 'all': frames[split:]}
