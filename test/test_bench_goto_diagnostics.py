@@ -1,0 +1,30 @@
+# Copyright 2026 vlit_ros developers
+# Licensed under the Apache License, Version 2.0.
+
+"""bench/goto_diagnostics.py: outcomes, grounding scores and the kinds of failure add up."""
+
+import json
+from pathlib import Path
+
+from bench_scripts import load_bench_script
+
+SHIPPED = Path(__file__).resolve().parents[1] / 'vlit_ros' / 'checkpoints' / 'default'
+
+
+def test_every_failure_is_sorted_into_one_kind(tmp_path, capsys):
+    out = tmp_path / 'diagnostics.json'
+    diagnostics = load_bench_script('goto_diagnostics')
+    assert diagnostics.main(['--checkpoint', str(SHIPPED), '--episodes', '2', '--seed',
+                             '3020', '--json', str(out), '--timelines']) == 0
+    report = json.loads(out.read_text())
+    summary, episodes = report['summary'], report['episodes']
+    assert summary['episodes'] == len(episodes) == 2
+    failures = [row for row in episodes if row['outcome'] != 'success']
+    assert summary['failures_target_never_in_view'] + \
+        summary['failures_in_view_never_found'] + summary['failures_found_then_lost'] == \
+        len(failures)
+    for row in episodes:
+        assert 0 <= row['frames_target_found'] <= row['frames_target_in_view'] <= row['frames']
+    printed = capsys.readouterr().out
+    assert printed.count('   actions ') == len(failures)
+    assert 0.0 <= summary['grounding_on_target'] <= 1.0
