@@ -99,8 +99,7 @@ class Trainer:
         """Play `count` one-step episodes: a transition, its reward, the episode end."""
         rng = np.random.default_rng(seed)
         fused = rng.normal(size=(count, model.vlm.state_dim)).astype(np.float32)
-        odometry = rng.normal(scale=0.3, size=(count, model.executor.odometry_width))
-        odometry = odometry.astype(np.float32)
+        odometry = rng.normal(scale=0.3, size=(count, 8)).astype(np.float32)
         with torch.no_grad():
             output = model.executor(torch.from_numpy(fused), torch.from_numpy(odometry),
                                     torch.zeros(count, dtype=torch.long))[0]

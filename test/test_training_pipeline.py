@@ -91,29 +91,6 @@ def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
         assert policy.act(obs) in ACTIONS
 
 
-def test_training_frames_carry_the_memory_a_perfect_map_would_leave(data):
-    frames = TrajectorySet.load([data], FAMILIES, 0, grid=(6, 8))
-    assert frames.memory.shape == (len(frames), 5)
-    first = frames.arrays['step'] == 0
-    assert not frames.memory[first].any(), 'nothing is remembered before the first frame'
-    goto = frames.family == FAMILIES.index('goto')
-    assert not frames.memory[~goto].any(), 'only goto names an object to remember'
-    seen = frames.memory[:, 0] == 1.0
-    assert seen[goto].mean() > 0.3
-    assert np.allclose(np.hypot(frames.memory[seen, 1], frames.memory[seen, 2]), 1.0,
-                       atol=1e-5)
-    # Once seen, an episode remembers it to its end.
-    for episode_start in np.flatnonzero(first & goto):
-        episode = seen[episode_start:]
-        end = np.flatnonzero(frames.arrays['step'][episode_start + 1:] == 0)
-        episode = episode[:end[0] + 1] if len(end) else episode
-        if episode.any():
-            assert episode[np.argmax(episode):].all()
-    batch = finetune.FamilyBatches(frames, 16, 0, loop.DistributedContext()).batch(0)
-    assert batch['memory'].shape == (16, 5)
-    assert not TrajectorySet.load([data], FAMILIES, 0).memory.any()
-
-
 def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
     torch.manual_seed(0)
     model = VLITModel(model_config('tiny')).train()

@@ -6,8 +6,7 @@ are thin shells around it.
 
 Experience (layout `vlit_ros/experience/1`, `EXPERIENCE_LAYOUT_VERSION` 1). A `Transition`
 is one control decision of the follower: the compact fused state the executor consumed
-(`VisionLanguageModel.fuse` output, float32, state_dim), the executor's odometry input (8
-odometry features, then the 5 target-memory features for a model that reads them),
+(`VisionLanguageModel.fuse` output, float32, state_dim), the executor's 8 odometry features,
 the previous and the chosen action index, the chosen action's log-probability under the
 distribution it was drawn from (softmax(logits / temperature)), the value estimate, the
 policy version, the stamp (seconds, ROS time of the camera frame) and the episode id (the
@@ -21,7 +20,7 @@ JSON-ready header and a flat list of float32 values:
               "odometry_dim": 8, "state_dim": 693,
               "instruction": "go to the red cube",        # optional
               "image_shape": [96, 128, 3], "image": "<base64 of the uint8 RGB pixels>"}
-    values = odometry input (odometry_dim: 8, or 13 with memory) then the fused state
+    values = odometry features (8) followed by the fused state (state_dim)
 
 `encode_transition` / `decode_transition` put both in one JSON text (`"values"` added to the
 header) for std_msgs/String; the pair also fits std_msgs/Float32MultiArray with the header
@@ -76,7 +75,6 @@ from vlit_ros.core.actions import NUM_ACTIONS
 from vlit_ros.core.model.checkpoint import atomic_write, read_checkpoint_info, \
     save_checkpoint
 from vlit_ros.core.model.executor import ExecutorOutput, ODOMETRY_FEATURES, VLITModel
-from vlit_ros.core.model.memory import MEMORY_FEATURES
 from vlit_ros.core.model.vision import as_image_batch
 
 EXPERIENCE_LAYOUT_VERSION = 1
@@ -95,8 +93,6 @@ TENSORS_FILE = 'online.safetensors'
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # A log-probability a hair above 0 is float rounding; more is not a probability.
 _LOG_PROB_SLACK = 1e-4
-# Widths of the executor's odometry input: without and with the target memory.
-ODOMETRY_WIDTHS = (ODOMETRY_FEATURES, ODOMETRY_FEATURES + MEMORY_FEATURES)
 
 
 # -- experience -------------------------------------------------------------------------
@@ -107,8 +103,7 @@ class Transition:
 
     # fused state (state_dim,) float32 the executor consumed
     fused: np.ndarray
-    # executor odometry input (8,) float32 (`odometry_features`), then for a model with
-    # target memory its (5,) features (`core.model.memory`)
+    # executor odometry features (8,) float32 (`odometry_features`)
     odometry: np.ndarray
     # action index taken one decision before (the start action at an instruction's start)
     prev_action: int
@@ -205,9 +200,9 @@ def unpack_transition(header: Union[str, Mapping[str, Any]], values: Sequence[fl
     if header['temperature'] <= 0.0:
         raise ValueError(f'experience temperature must be positive, got '
                          f'{header["temperature"]}')
-    if header['odometry_dim'] not in ODOMETRY_WIDTHS:
-        raise ValueError(f'experience odometry_dim {header["odometry_dim"]}; an executor '
-                         f'takes {" or ".join(map(str, ODOMETRY_WIDTHS))}')
+    if header['odometry_dim'] != ODOMETRY_FEATURES:
+        raise ValueError(f'experience odometry_dim {header["odometry_dim"]}; the executor '
+                         f'takes {ODOMETRY_FEATURES}')
     if header['state_dim'] <= 0:
         raise ValueError(f'experience state_dim must be positive, got {header["state_dim"]}')
     if state_dim is not None and header['state_dim'] != state_dim:
@@ -229,8 +224,7 @@ def unpack_transition(header: Union[str, Mapping[str, Any]], values: Sequence[fl
     if not isinstance(instruction, str):
         raise ValueError('experience instruction must be a string')
     return Transition(
-        fused=array[header['odometry_dim']:].copy(),
-        odometry=array[:header['odometry_dim']].copy(),
+        fused=array[ODOMETRY_FEATURES:].copy(), odometry=array[:ODOMETRY_FEATURES].copy(),
         prev_action=header['prev_action'], action=header['action'],
         log_prob=float(header['log_prob']), value=float(header['value']),
         policy_version=header['policy_version'], stamp=float(header['stamp']),
@@ -409,8 +403,7 @@ class ExperienceBuffer:
 
     def __init__(self, state_dim: Optional[int] = None,
                  window_s: float = DEFAULT_REWARD_WINDOW_S,
-                 reward_limit: float = DEFAULT_REWARD_LIMIT, capacity: int = 20000,
-                 odometry_dim: Optional[int] = None):
+                 reward_limit: float = DEFAULT_REWARD_LIMIT, capacity: int = 20000):
         if not (math.isfinite(window_s) and window_s > 0.0):
             raise ValueError(f'reward window must be a positive number of seconds, got '
                              f'{window_s!r}')
@@ -419,7 +412,6 @@ class ExperienceBuffer:
         if capacity < 2:
             raise ValueError(f'capacity must be at least 2 transitions, got {capacity}')
         self.state_dim = state_dim
-        self.odometry_dim = odometry_dim
         self.window_s = window_s
         self.reward_limit = reward_limit
         self.capacity = capacity
@@ -445,20 +437,12 @@ class ExperienceBuffer:
         """
         Store a transition; False (counted) if it is older than what was handed out.
 
-        Raises ValueError (counted) when its fused state does not fit `state_dim`, or its
-        odometry input `odometry_dim`.
+        Raises ValueError (counted) when its fused state does not fit `state_dim`.
         """
         if self.state_dim is not None and transition.fused.shape != (self.state_dim,):
             self.counts['rejected_transitions'] += 1
             raise ValueError(f'transition fused state has shape {transition.fused.shape}; '
                              f'expected ({self.state_dim},)')
-        if self.odometry_dim is not None and \
-                transition.odometry.shape != (self.odometry_dim,):
-            self.counts['rejected_transitions'] += 1
-            raise ValueError(f'transition odometry input has shape '
-                             f'{transition.odometry.shape}; this executor reads '
-                             f'({self.odometry_dim},): a follower and trainer with and '
-                             f'without target memory cannot share experience')
         if transition.stamp <= self._taken_stamp:
             self.counts['late_transitions'] += 1
             return False

@@ -8,8 +8,7 @@
 
 Several robots at once: `reset_batch([...])` with one instruction per robot, then
 `act_batch([obs, ...])` with one observation per robot, in the same order; every robot
-keeps its own previous action, unwrapped yaw and target memory (where its grounding map
-last saw the named object, `core.model.memory`). Not thread-safe: one thread drives a
+keeps its own previous action and unwrapped yaw. Not thread-safe: one thread drives a
 policy (the follower's inference thread does).
 """
 
@@ -25,21 +24,19 @@ from vlit_ros.core.model.checkpoint import CheckpointError, load_checkpoint, \
     load_weights_from_bytes, read_checkpoint_info
 from vlit_ros.core.model.executor import odometry_features, VLITModel
 from vlit_ros.core.model.inference import FrameRunner
-from vlit_ros.core.model.memory import patch_columns, sightings, TargetMemory
 from vlit_ros.core.model.vision import as_image_batch
 
 
 class _Robot:
     """What the policy remembers about one robot since its instruction began."""
 
-    __slots__ = ('instruction', 'prev_action', 'yaw_total', 'last_yaw', 'memory')
+    __slots__ = ('instruction', 'prev_action', 'yaw_total', 'last_yaw')
 
     def __init__(self, instruction: str, start_action: int):
         self.instruction = instruction
         self.prev_action = start_action
         self.yaw_total = 0.0
         self.last_yaw = 0.0
-        self.memory = TargetMemory()
 
 
 def _check_instruction(instruction) -> str:
@@ -72,7 +69,6 @@ class ModelPolicy:
             raise ValueError(f'temperature must be a positive number, got {temperature!r}')
         self.model = model.to(device).eval()
         self.runner = FrameRunner(self.model, precision, compile_model, cuda_graph)
-        self._patch_columns = patch_columns(self.model.vlm.vision.grid)
         self.greedy = greedy
         self.temperature = temperature
         self.version = version or 'untracked'
@@ -140,20 +136,10 @@ class ModelPolicy:
             robot.yaw_total += wrap_angle(float(yaw) - robot.last_yaw)
             robot.last_yaw = float(yaw)
         yaw_total = np.array([robot.yaw_total for robot in self._robots])
-        odometry = odometry_features(odom, t, self.model.config.executor, yaw_total)
-        if self.model.executor.memory:
-            odometry = np.concatenate([odometry, np.stack([
-                robot.memory.features(x, y, robot.yaw_total, now)
-                for robot, x, y, now in zip(self._robots, odom[:, 0], odom[:, 1], t)])], 1)
-        odometry = torch.from_numpy(odometry.astype(np.float32)).to(device)
+        odometry = torch.from_numpy(odometry_features(
+            odom, t, self.model.config.executor, yaw_total).astype(np.float32)).to(device)
         prev = torch.tensor([robot.prev_action for robot in self._robots], device=device)
-        probabilities, values, grounding = self.runner(images, self._text, odometry, prev)
-        if self.model.executor.memory:
-            sighted, bearing = sightings(grounding.cpu().numpy(), self._patch_columns)
-            for row, robot in enumerate(self._robots):
-                robot.memory.update(bool(sighted[row]), float(bearing[row]),
-                                    float(odom[row, 0]), float(odom[row, 1]), robot.yaw_total,
-                                    float(t[row]))
+        probabilities, values = self.runner(images, self._text, odometry, prev)
         probabilities = probabilities.cpu().numpy().astype(np.float64)
         self._probabilities = probabilities
         self._values = values.cpu().numpy().astype(np.float64)

@@ -242,8 +242,7 @@ class TrainerNode(Node):
             raise StartupError(f'could not start the learner: {exc}') from exc
         model = self._learner.model
         self._buffer = ExperienceBuffer(model.vlm.state_dim, settings.reward_window_s,
-                                        settings.reward_limit, 2 * settings.max_buffered,
-                                        model.executor.odometry_width)
+                                        settings.reward_limit, 2 * settings.max_buffered)
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
 
         # _lock guards the buffer, the counters and the histories; _learner_lock the learner.

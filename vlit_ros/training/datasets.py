@@ -14,8 +14,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from vlit_ros.core.model.memory import episode_memory_features, MEMORY_FEATURES, \
-    patch_columns
 from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import goto_instruction, GotoTask, MoveTask, task_from_dict, TurnTask
@@ -217,10 +215,7 @@ class TrajectorySet:
     `auxiliary[i]` and `auxiliary_mask[i]` are the frame's auxiliary targets; `target_box[i]`
     is where the named object is in the image (`target_boxes`); `query_texts[
     query_text_index[i]]` and `query_box[i]` are the frame's relabelled grounding query
-    (`grounding_queries`); `memory[i]` is the executor's target memory before the frame, as
-    a perfect grounding map would have left it: the ground-truth coverage of the named
-    object's box over the earlier frames of the episode (`core.model.memory`; zeros when
-    loaded without a patch grid).
+    (`grounding_queries`).
     """
 
     arrays: Dict[str, np.ndarray]
@@ -235,7 +230,6 @@ class TrajectorySet:
     query_texts: List[str]
     query_text_index: np.ndarray
     query_box: np.ndarray
-    memory: np.ndarray
 
     def __len__(self) -> int:
         return int(self.text_index.shape[0])
@@ -243,20 +237,12 @@ class TrajectorySet:
     @classmethod
     def from_shards(cls, shards: Iterable[Tuple[Dict[str, np.ndarray], dict]],
                     families: Sequence[str], start_action: int,
-                    size: Optional[Tuple[int, int]] = None,
-                    grid: Optional[Tuple[int, int]] = None) -> 'TrajectorySet':
-        """
-        Build from (arrays, meta) shards; `size` resizes images to (height, width).
-
-        `grid` is the vision encoder's patch grid (rows, cols), which the memory features
-        are computed for; without it they are zeros.
-        """
+                    size: Optional[Tuple[int, int]] = None) -> 'TrajectorySet':
         columns: Dict[str, List[np.ndarray]] = {name: [] for name in _FRAME_ARRAYS}
         text_ids: Dict[str, int] = {}
         query_ids: Dict[str, int] = {}
         text_index, prev, family, auxiliary, auxiliary_mask, boxes = [], [], [], [], [], []
-        query_index, query_boxes, memories = [], [], []
-        columns_of_patches = None if grid is None else patch_columns(grid)
+        query_index, query_boxes = [], []
         for arrays, meta in shards:
             frames = arrays['step'].shape[0]
             if frames == 0:
@@ -268,7 +254,6 @@ class TrajectorySet:
             box = np.zeros((frames, 4), np.float32)
             query = np.zeros(frames, np.int64)
             query_box = np.zeros((frames, 4), np.float32)
-            memory = np.zeros((frames, MEMORY_FEATURES), np.float32)
             for episode in meta['episodes']:
                 span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
                 per_frame_text[span] = text_ids.setdefault(episode['text'], len(text_ids))
@@ -277,11 +262,6 @@ class TrajectorySet:
                 box[span] = target_boxes(episode, arrays['pose'][span])
                 texts, query_box[span] = grounding_queries(episode, arrays['pose'][span])
                 query[span] = [query_ids.setdefault(text, len(query_ids)) for text in texts]
-                if grid is not None:
-                    memory[span] = episode_memory_features(
-                        grounding_labels(box[span], grid), columns_of_patches,
-                        arrays['odom'][span], arrays['yaw_total'][span], arrays['t'][span])
-            memories.append(memory)
             boxes.append(box)
             query_index.append(query)
             query_boxes.append(query_box)
@@ -301,21 +281,19 @@ class TrajectorySet:
                    np.concatenate(text_index), np.concatenate(prev).astype(np.int64),
                    np.concatenate(family), tuple(families), np.concatenate(auxiliary),
                    np.concatenate(auxiliary_mask), np.concatenate(boxes), list(query_ids),
-                   np.concatenate(query_index), np.concatenate(query_boxes),
-                   np.concatenate(memories))
+                   np.concatenate(query_index), np.concatenate(query_boxes))
 
     @classmethod
     def load(cls, roots: Iterable[Path], families: Sequence[str], start_action: int,
              size: Optional[Tuple[int, int]] = None,
-             extra_shards: Iterable[Path] = (),
-             grid: Optional[Tuple[int, int]] = None) -> 'TrajectorySet':
+             extra_shards: Iterable[Path] = ()) -> 'TrajectorySet':
         """Read the trajectory shards of dataset directories plus extra shard paths."""
         def shards():
             for root in roots:
                 yield from iter_shards(root, 'trajectories')
             for stem in extra_shards:
                 yield read_shard(stem)
-        return cls.from_shards(shards(), families, start_action, size, grid)
+        return cls.from_shards(shards(), families, start_action, size)
 
     def family_counts(self) -> Dict[str, int]:
         return {f: int((self.family == i).sum()) for i, f in enumerate(self.families)}

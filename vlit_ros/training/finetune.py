@@ -152,8 +152,7 @@ class FamilyBatches:
                 'target_box': self.data.target_box[rows],
                 'query_texts': self.data.query_texts,
                 'query_text_index': self.data.query_text_index[rows],
-                'query_box': self.data.query_box[rows],
-                'memory': self.data.memory[rows]}
+                'query_box': self.data.query_box[rows]}
 
 
 def auxiliary_head(state_dim: int) -> nn.Module:
@@ -412,7 +411,7 @@ def _run(args, context: loop.DistributedContext) -> int:
         extra = [stem for r in range(rounds_done)
                  for stem in round_shards(out, r, context.world_size)]
         data = TrajectorySet.load(roots, FAMILIES, start_action, size=image_size,
-                                  extra_shards=extra, grid=model.vlm.vision.grid)
+                                  extra_shards=extra)
         return FamilyBatches(data, args.batch_size, args.seed, context, args.change_weight)
 
     head = auxiliary_head(model.vlm.state_dim).to(context.device) \

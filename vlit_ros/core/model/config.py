@@ -204,9 +204,6 @@ class ExecutorConfig:
     # with a task head, also feed what remains of the requested distance and angle (its
     # readings minus odometry); ignored without one
     progress_features: bool = True
-    # with a grounding head, also feed the target memory: where the map last saw the named
-    # object, carried forward by odometry (`core.model.memory`); ignored without one
-    memory_features: bool = True
 
     def __post_init__(self):
         owner = 'ExecutorConfig'
@@ -218,7 +215,6 @@ class ExecutorConfig:
         _check_number(owner, 'distance_scale_m', self.distance_scale_m, 0.0, 1e3, True)
         _check_number(owner, 'time_scale_s', self.time_scale_s, 0.0, 1e4, True)
         _check_bool(owner, 'progress_features', self.progress_features)
-        _check_bool(owner, 'memory_features', self.memory_features)
 
 
 @dataclass
@@ -260,7 +256,7 @@ _SECTIONS = {'vision': VisionConfig, 'text': TextConfig, 'fusion': FusionConfig,
 # existed does not have it; it then takes the value that builds the model that file describes.
 _ADDED_FIELDS = {'fusion': {'grounding_dim': 0, 'task_parameters': False,
                             'task_tokens': False},
-                 'executor': {'progress_features': False, 'memory_features': False}}
+                 'executor': {'progress_features': False}}
 
 
 @dataclass
