@@ -28,11 +28,11 @@ import sys
 import numpy as np
 import torch
 
+from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.sim.episode import make_episode, run_episode
 from vlit_ros.sim.world import World
 from vlit_ros.training.captions import image_box
-from vlit_ros.core.actions import ACTIONS
 from vlit_ros.training.datasets import grounding_labels, NO_BOX, object_boxes
 
 # Frames between two grounding checks, and the share of a patch the target must cover.
@@ -117,8 +117,8 @@ def main(argv=None) -> int:
             if args.timelines and judge != 'success':
                 print('   actions ' + ''.join(_LETTERS[action] for _, _, action in frames))
                 print('   in view ' + ''.join('v' if s else '.' for s in shown))
-                print('   map max ' + ''.join(str(min(9, int(10 * p)))
-                                          for p in all_probabilities.max(-1)), flush=True)
+                levels = (str(min(9, int(10 * p))) for p in all_probabilities.max(-1))
+                print('   map max ' + ''.join(levels), flush=True)
     failures = [row for row in rows if row['outcome'] != 'success']
     summary = {
         'episodes': len(rows),
