@@ -65,6 +65,7 @@ def main(argv=None) -> int:
         print('this checkpoint has no grounding head', file=sys.stderr)
         return 2
     rows, on_target, visible, false_alarms, empty = [], 0, 0, 0, 0
+    grid = policy.model.vlm.vision.grid
     with World() as world:
         for index in range(args.episodes):
             spec = make_episode(index, args.seed, families=('goto',))
@@ -74,7 +75,6 @@ def main(argv=None) -> int:
                                      (obs.image.copy(), w.pose(), action)))
             result_pose = world.pose()
             target = spec.instruction.task.target(spec.scene)
-            grid = policy.model.vlm.vision.grid
             sampled = frames[::EVERY]
             boxes = np.array([image_box(spec.scene, pose, target) or NO_BOX
                               for _, pose, _ in sampled], np.float32)

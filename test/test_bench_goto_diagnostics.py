@@ -25,6 +25,14 @@ def test_every_failure_is_sorted_into_one_kind(tmp_path, capsys):
         len(failures)
     for row in episodes:
         assert 0 <= row['frames_target_found'] <= row['frames_target_in_view'] <= row['frames']
-    printed = capsys.readouterr().out
-    assert printed.count('   actions ') == len(failures)
+    printed = capsys.readouterr().out.splitlines()
+    actions = [line[len('   actions '):] for line in printed if line.startswith('   actions ')]
+    in_view = [line[len('   in view '):] for line in printed if line.startswith('   in view ')]
+    levels = [line[len('   map max '):] for line in printed if line.startswith('   map max ')]
+    assert len(actions) == len(in_view) == len(levels) == len(failures)
+    # The timelines show every frame, and agree with the counts in the report.
+    for row, acted, shown, level in zip(failures, actions, in_view, levels):
+        assert len(acted) == len(shown) == len(level) == row['frames']
+        assert set(acted) <= set('SFlrLRB') and set(level) <= set('0123456789')
+        assert shown.count('v') == row['frames_target_in_view']
     assert 0.0 <= summary['grounding_on_target'] <= 1.0
