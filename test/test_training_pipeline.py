@@ -158,6 +158,25 @@ def test_resume_continues_from_the_saved_step(data, tmp_path):
     assert max(np.abs(halfway[key] - value).max() for key, value in straight.items()) > 1e-3
 
 
+def test_resume_with_another_model_configuration_is_refused(data, tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert _pretrain(data, out, 2) == 0
+    # A hand edit of the checkpoint's config (or other settings on the command line) must
+    # not be trained over and silently rewritten from the command's settings on resume.
+    config = json.loads((out / 'config.json').read_text())
+    config['model']['executor']['hidden'] += 1
+    edited = json.dumps(config, indent=2) + '\n'
+    (out / 'config.json').write_text(edited)
+    weights = (out / 'model.safetensors').read_bytes()
+    capsys.readouterr()
+    assert _pretrain(data, out, 4) == 2
+    error = capsys.readouterr().err
+    assert 'another model configuration' in error and 'executor.hidden' in error
+    assert (out / 'config.json').read_text() == edited
+    assert (out / 'model.safetensors').read_bytes() == weights
+    assert json.loads((out / STATE_DIR / 'state.json').read_text())['step'] == 2
+
+
 @pytest.mark.timeout(60)
 def test_pretrain_under_torchrun_with_two_gloo_processes(data, tmp_path):
     out = tmp_path / 'ddp'

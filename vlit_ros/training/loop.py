@@ -29,6 +29,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from vlit_ros.core.model.checkpoint import CONFIG_FILE
+
 STATE_DIR = 'training_state'
 STATE_VERSION = 1
 
@@ -255,6 +257,40 @@ def load_training_state(directory: Path, optimizer: torch.optim.Optimizer,
     return {'step': int(meta['step']), 'history': meta['history'], 'extra': meta['extra']}
 
 
+def _flatten(value, prefix: str = '') -> Dict[str, object]:
+    if isinstance(value, dict):
+        flat: Dict[str, object] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f'{prefix}{key}.'))
+        return flat
+    return {prefix[:-1]: value}
+
+
+def check_resumed_config(directory: Path, model_config: dict) -> None:
+    """
+    Raise ValueError if `directory`'s checkpoint was written with another model config.
+
+    Nothing to compare (no `config.json` yet) passes: the state was saved before the first
+    checkpoint.
+    """
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text())['model']
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f'{path} is not a checkpoint config ({exc}); cannot resume') from exc
+    have, want = _flatten(stored), _flatten(json.loads(json.dumps(model_config)))
+    differ = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    if differ:
+        shown = ', '.join(f'{k}: {have.get(k, "(absent)")!r} there, '
+                          f'{want.get(k, "(absent)")!r} here' for k in differ[:4])
+        more = f' and {len(differ) - 4} more' if len(differ) > 4 else ''
+        raise ValueError(f'{directory} was trained with another model configuration '
+                         f'({shown}{more}); resume it with the settings it was started with, '
+                         f'or use a new --out')
+
+
 # -- the loop -----------------------------------------------------------------------------
 
 class _LossModule(nn.Module):
@@ -331,10 +367,19 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out_dir / 'tensorboard'))
 
     def resume(self) -> bool:
-        """Load `training_state/` from the output directory if present; return whether."""
+        """
+        Load `training_state/` from the output directory if present; return whether.
+
+        The model this command built must have the configuration of the checkpoint it
+        resumes: a run resumed with other settings (or a hand-edited `config.json`) is
+        refused, naming the fields that differ, rather than overwritten on the next save.
+        """
         loaded = load_training_state(self.out_dir, self.optimizer, self.auxiliary)
         if loaded is None:
             return False
+        config = getattr(self.model, 'config', None)
+        if config is not None:
+            check_resumed_config(self.out_dir, config.to_dict())
         self.step = loaded['step']
         self.history = loaded['history']
         self.extra = loaded['extra']
