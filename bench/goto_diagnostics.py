@@ -13,10 +13,12 @@ third frame it also scores the model's grounding map against the
 target's ground-truth box: on frames where the target covers a patch, how often the map's
 highest patch is on it; on frames where it does not, how often some patch is above 0.5.
 
-Failures are sorted into three kinds: the target was never in view (hidden behind other
-objects from everywhere the robot went), in view but never found by the map, or found by the
-map and lost again. `--timelines` prints each failure's actions frame by frame, with where
-the target was in view and the map's highest probability (0-9).
+Failures are sorted into three kinds: the target was never in view from where the robot
+looked, in view but never found by the map, or found by the map and lost again. For the
+first kind the expert is replayed on the same episode: whether its camera-only search (before
+it falls back on ground truth) brought the target into view tells a robot that searched
+badly from a target hidden behind other objects. `--timelines` prints each failure's actions
+frame by frame, with where the target was in view and the map's highest probability (0-9).
 """
 
 import argparse
@@ -31,6 +33,7 @@ import torch
 from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.sim.episode import make_episode, run_episode
+from vlit_ros.sim.expert import ExpertPolicy
 from vlit_ros.sim.world import World
 from vlit_ros.training.captions import image_box
 from vlit_ros.training.datasets import grounding_labels, NO_BOX, object_boxes
@@ -49,6 +52,18 @@ def grounding_probabilities(model, images: np.ndarray, text: str) -> np.ndarray:
         tokens = vlm.image_tokens(vlm.preprocess(torch.from_numpy(images)))
         features = vlm.encode_instructions([text] * len(images))
         return torch.sigmoid(vlm.fuse_details(tokens, features).grounding).numpy()
+
+
+def expert_search_sees_target(world: World, spec, target, grid) -> bool:
+    """Replay the expert on `spec`; return whether its camera-only search sees the target."""
+    expert = ExpertPolicy()
+    poses = []
+    run_episode(world, expert, spec, on_step=lambda w, obs, action, reward: None if
+                expert.search_exhausted else poses.append(w.pose()))
+    if not poses:
+        return False
+    in_view = grounding_labels(object_boxes(spec.scene, target, np.array(poses)), grid)
+    return bool((in_view.max(-1) > COVERED).any())
 
 
 def main(argv=None) -> int:
@@ -102,6 +117,9 @@ def main(argv=None) -> int:
                 (in_view[np.arange(len(frames)), all_probabilities.argmax(-1)] > 0.0)
             nearest = min(spec.scene.objects, key=lambda o: math.hypot(
                 o.x - result_pose[0], o.y - result_pose[1]))
+            expert_saw = None
+            if not shown.any():
+                expert_saw = expert_search_sees_target(world, spec, target, grid)
             judge = result.reason
             rows.append({'text': spec.instruction.text, 'target': target.name,
                          'outcome': judge,
@@ -109,7 +127,8 @@ def main(argv=None) -> int:
                              target.x - result_pose[0], target.y - result_pose[1]), 2),
                          'nearest': nearest.name, 'final_map_max': round(final, 3),
                          'frames': len(frames), 'frames_target_in_view': int(shown.sum()),
-                         'frames_target_found': int(found.sum())})
+                         'frames_target_found': int(found.sum()),
+                         'expert_search_saw_target': expert_saw})
             print(f'{judge:24s} {rows[-1]["target_distance_m"]:5.2f} m from {target.name:16s} '
                   f'nearest {nearest.name:16s} map max {final:.2f} in view {shown.sum():3d} '
                   f'found {found.sum():3d} of {len(frames):3d} "{spec.instruction.text}"',
@@ -129,6 +148,9 @@ def main(argv=None) -> int:
             row['nearest'] != row['target'] and row['final_map_max'] < 0.5 for row in rows),
         'failures_target_never_in_view': sum(
             row['frames_target_in_view'] == 0 for row in failures),
+        # of those, how many the expert's camera-only search brought into view
+        'failures_never_in_view_expert_search_saw_it': sum(
+            bool(row['expert_search_saw_target']) for row in failures),
         'failures_in_view_never_found': sum(
             row['frames_target_in_view'] > 0 and row['frames_target_found'] == 0
             for row in failures),

@@ -28,6 +28,10 @@ def test_every_failure_is_sorted_into_one_kind(tmp_path, capsys):
         len(failures)
     for row in episodes:
         assert 0 <= row['frames_target_found'] <= row['frames_target_in_view'] <= row['frames']
+        # The expert is replayed exactly when the robot never had the target in view.
+        assert (row['expert_search_saw_target'] is None) == (row['frames_target_in_view'] > 0)
+    assert summary['failures_never_in_view_expert_search_saw_it'] <= \
+        summary['failures_target_never_in_view']
     printed = capsys.readouterr().out.splitlines()
     actions = [line[len('   actions '):] for line in printed if line.startswith('   actions ')]
     in_view = [line[len('   in view '):] for line in printed if line.startswith('   in view ')]

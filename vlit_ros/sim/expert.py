@@ -63,6 +63,7 @@ class ExpertPolicy:
         self.observable_search = observable_search
         self._task: Optional[Task] = None
         self._world = None
+        self._search_done = False
 
     def reset(self, instruction: str, task: Optional[Task] = None, world=None) -> None:
         if task is None or world is None:
@@ -126,6 +127,11 @@ class ExpertPolicy:
         if abs(bearing) > _ARC_ABOVE:
             return 'forward_left' if bearing > 0 else 'forward_right'
         return 'forward'
+
+    @property
+    def search_exhausted(self) -> bool:
+        """Whether the camera-only search has turned full circle and ground truth took over."""
+        return self._search_done
 
     def target_in_view(self) -> bool:
         """Return whether the goto target's centre is in the camera's view, not hidden."""
