@@ -8,14 +8,12 @@ walls); `turn` and `move` servo on odometry since the instruction; `stop` stops.
 While the target is outside the camera's view (or hidden behind another object), a `goto`
 expert that knew where it was would turn straight toward it, a choice the learner cannot
 copy: it only sees the image. So with `observable_search` (the default) the expert searches
-the way a camera-only robot can, and the way a policy without memory can copy: it turns
-right, always right, until the target comes into view, and only falls back to its privileged
-knowledge once it has turned far enough that every bearing an object can start at has been
-in view. A sweep that goes one way and then back (left first, then right, as this expert
-did before) asks the learner to know which leg it is on from the image, odometry and last
-action; rollouts showed learners dithering left-right-left on the spot for the whole 40 s.
-A target lost from view while driving (an arc around an obstacle) is turned toward
-directly; it has just been seen.
+the way a camera-only robot can: it sweeps left until it has turned `_SWEEP_LEFT_DEG`, then
+right, keeps turning the way it is already turning, and only falls back to its privileged
+knowledge once the sweep has covered every bearing an object can start at. Every choice
+depends on things the learner has too: the image, the odometry since the instruction and the
+motion so far. A target lost from view while driving (an arc around an obstacle) is turned
+toward directly; it has just been seen.
 """
 
 import math
@@ -40,15 +38,14 @@ _TURN_IN_PLACE_ABOVE = 0.5
 _ARC_ABOVE = 0.12
 # The target counts as in view when its centre lies this far inside the camera's edges (deg).
 _VIEW_MARGIN_DEG = 4.0
-# Observable search: turn right until the target is in view, for at most a full turn. By
-# geometry the last start bearing (+75 degrees) comes into view after 360 - 75 - 41 = 244
-# degrees of turning right (the view reaches 41 degrees either side: half the 90 degree field
-# less the margin), but odometry lags the wheels and the robot does not turn exactly on the
-# spot: in the scenes of seed 1, targets came into view after up to about 280 degrees. After
-# a full turn, the target is hidden behind another object, and the expert turns toward it.
-_SWEEP_DEG = 360.0
-# The distance driven (m) after which a target out of view counts as lost on the way rather
-# than unseen.
+# Observable search: sweep left up to this heading change, then right (scenes place every
+# object within 75 degrees of the start heading); past _SWEEP_RIGHT_DEG the sweep has seen
+# every start bearing, and the expert turns toward the target.
+_SWEEP_LEFT_DEG = 95.0
+_SWEEP_RIGHT_DEG = -95.0
+# A yaw rate (rad/s) above which the robot counts as turning that way, and the distance
+# driven (m) after which a target out of view counts as lost on the way rather than unseen.
+_TURNING_RADPS = 0.2
 _DRIVEN_M = 0.3
 
 
@@ -157,7 +154,8 @@ class ExpertPolicy:
 
     def _search(self, odom) -> Optional[str]:
         """Return the camera-only search move while the target is out of view, or None."""
-        if -math.degrees(self._cumulative_yaw) >= _SWEEP_DEG:
+        swept = math.degrees(self._cumulative_yaw)
+        if swept <= _SWEEP_RIGHT_DEG:
             # Every start bearing has been in view (the target is hidden behind another
             # object): from now on use what the expert knows.
             self._search_done = True
@@ -165,7 +163,9 @@ class ExpertPolicy:
             return None
         if math.hypot(odom[0], odom[1]) > _DRIVEN_M:
             return None  # lost on the way: it was in view a moment ago
-        return 'turn_right'
+        if odom[4] < -_TURNING_RADPS:
+            return 'turn_right'  # the sweep has turned right: go on
+        return 'turn_left' if swept < _SWEEP_LEFT_DEG else 'turn_right'
 
     def _clear_heading(self, pose, bearing: float, distance: float) -> float:
         """Return the clear heading (robot frame) closest to `bearing`."""
