@@ -1,0 +1,66 @@
+# Copyright 2026 vlit_ros developers
+# Licensed under the Apache License, Version 2.0.
+
+"""
+How the expert searches for goto targets: success, ground-truth fallbacks, length, dithering.
+
+    python bench/expert_search.py --episodes 200 --seed 1
+
+Runs the expert on generated goto episodes (scene seeds SEED, SEED + 1, ...) and prints its
+success, in how many episodes its camera-only search ran out and it fell back on ground truth
+(`ExpertPolicy.search_exhausted`), the median and mean episode length in steps, and how often
+per episode it changed turning direction (left to right or back): what a learner copying it
+has to get right.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+
+from vlit_ros.sim.episode import make_episode, run_episode
+from vlit_ros.sim.expert import ExpertPolicy
+from vlit_ros.sim.world import World
+
+_TURNS = ('turn_left', 'turn_right')
+
+
+def search_statistics(episodes: int, seed: int) -> dict:
+    """Run the expert on `episodes` goto episodes from scene seed `seed`; return the figures."""
+    if episodes < 1:
+        raise ValueError(f'--episodes must be at least 1, got {episodes}')
+    successes, fallbacks, lengths, flips = 0, 0, [], []
+    with World() as world:
+        for index in range(episodes):
+            spec = make_episode(index, seed, families=('goto',))
+            expert = ExpertPolicy()
+            exhausted = []
+            result = run_episode(world, expert, spec, on_step=lambda w, obs, action, reward:
+                                 exhausted.append(expert.search_exhausted))
+            turns = [a for a in result.actions if a in _TURNS]
+            successes += int(result.success)
+            fallbacks += int(any(exhausted))
+            lengths.append(len(result.actions))
+            flips.append(sum(a != b for a, b in zip(turns, turns[1:])))
+    return {'episodes': episodes, 'seed': seed, 'success': successes,
+            'ground_truth_fallbacks': fallbacks, 'median_steps': statistics.median(lengths),
+            'mean_steps': round(statistics.mean(lengths), 1),
+            'turn_direction_changes_per_episode': round(statistics.mean(flips), 2)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument('--episodes', type=int, default=200)
+    parser.add_argument('--seed', type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        figures = search_statistics(args.episodes, args.seed)
+    except ValueError as exc:
+        print(f'expert_search: error: {exc}', file=sys.stderr)
+        return 2
+    print(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

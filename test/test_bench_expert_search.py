@@ -1,0 +1,23 @@
+# Copyright 2026 vlit_ros developers
+# Licensed under the Apache License, Version 2.0.
+
+"""bench/expert_search.py: the expert's search figures are counted from its episodes."""
+
+from bench_scripts import load_bench_script
+
+
+def test_expert_search_figures_add_up():
+    script = load_bench_script('expert_search')
+    figures = script.search_statistics(6, 1)
+    assert figures['episodes'] == 6
+    assert 0 <= figures['ground_truth_fallbacks'] <= 6
+    # The expert solves these goto episodes; episodes take between one step and the 40 s.
+    assert figures['success'] == 6
+    assert 1 <= figures['median_steps'] <= 400 and figures['mean_steps'] > 0
+    assert figures['turn_direction_changes_per_episode'] >= 0.0
+
+
+def test_expert_search_rejects_no_episodes(capsys):
+    script = load_bench_script('expert_search')
+    assert script.main(['--episodes', '0']) == 2
+    assert '--episodes must be at least 1' in capsys.readouterr().err
