@@ -34,12 +34,11 @@ def search_statistics(episodes: int, seed: int) -> dict:
         for index in range(episodes):
             spec = make_episode(index, seed, families=('goto',))
             expert = ExpertPolicy()
-            exhausted = []
-            result = run_episode(world, expert, spec, on_step=lambda w, obs, action, reward:
-                                 exhausted.append(expert.search_exhausted))
+            result = run_episode(world, expert, spec)
             turns = [a for a in result.actions if a in _TURNS]
             successes += int(result.success)
-            fallbacks += int(any(exhausted))
+            # Once run out, the search stays run out for the rest of the episode.
+            fallbacks += int(expert.search_exhausted)
             lengths.append(len(result.actions))
             flips.append(sum(a != b for a, b in zip(turns, turns[1:])))
     return {'episodes': episodes, 'seed': seed, 'success': successes,

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vlit_ros.core.model.checkpoint import CONFIG_FILE
+from vlit_ros.core.model.checkpoint import CONFIG_FILE, read_checkpoint_info
 
 STATE_DIR = 'training_state'
 STATE_VERSION = 1
@@ -271,16 +271,12 @@ def check_resumed_config(directory: Path, model_config: dict) -> None:
     Raise ValueError if `directory`'s checkpoint was written with another model config.
 
     Nothing to compare (no `config.json` yet) passes: the state was saved before the first
-    checkpoint.
+    checkpoint. The checkpoint's config is read and validated as `load_checkpoint` does.
     """
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
+    if not (Path(directory) / CONFIG_FILE).is_file():
         return
-    try:
-        stored = json.loads(path.read_text())['model']
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f'{path} is not a checkpoint config ({exc}); cannot resume') from exc
-    have, want = _flatten(stored), _flatten(json.loads(json.dumps(model_config)))
+    have = _flatten(read_checkpoint_info(directory)['model'].to_dict())
+    want = _flatten(model_config)
     differ = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
     if differ:
         shown = ', '.join(f'{k}: {have.get(k, "(absent)")!r} there, '
