@@ -34,6 +34,7 @@ are written as shards under `OUT/dagger/` and reused on resume.
 """
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, fields
 import math
 from pathlib import Path
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 
 from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.model import (as_image_batch, load_checkpoint, load_weights_from_bytes,
-                                 PretrainingModel, save_checkpoint, VLITModel)
+                                 ModelConfig, PretrainingModel, save_checkpoint, VLITModel)
 from vlit_ros.core.model.checkpoint import WEIGHTS_FILE
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.core.task_parameters import (MOVE_DISTANCE_SCALE_M, TASK_PARAMETERS,
@@ -93,13 +94,30 @@ class DaggerSchedule:
 
 
 def build_model(args) -> VLITModel:
-    """Build the VLITModel from a pretrained checkpoint (`--init`) or from a preset."""
+    """
+    Build the VLITModel from a pretrained checkpoint (`--init`) or from a preset.
+
+    `--no-fusion-state` configures a new executor; an `--init` VLITModel keeps its own
+    (the option may repeat what it is, not change it).
+    """
+    reads_state = not args.no_fusion_state
     if args.init:
         pretrained = load_checkpoint(args.init)
         if isinstance(pretrained, PretrainingModel):
-            return VLITModel(pretrained.config, vlm=pretrained.vlm)
+            return VLITModel(_with_executor_input(pretrained.config, reads_state),
+                             vlm=pretrained.vlm)
+        if not reads_state and pretrained.config.executor.fusion_state:
+            raise ValueError(f'--no-fusion-state configures a new executor, but {args.init} '
+                             f'already has one that reads the fusion state; leave the option '
+                             f'out to continue it, or start from a pretraining checkpoint')
         return pretrained
-    return VLITModel(model_config(args.preset, args.text_encoder))
+    return VLITModel(_with_executor_input(model_config(args.preset, args.text_encoder),
+                                          reads_state))
+
+
+def _with_executor_input(config: ModelConfig, fusion_state: bool) -> ModelConfig:
+    return dataclasses.replace(
+        config, executor=dataclasses.replace(config.executor, fusion_state=fusion_state))
 
 
 class FamilyBatches:
@@ -364,6 +382,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='model size without --init (default: cpu)')
     parser.add_argument('--text-encoder', choices=TEXT_ENCODERS, default='minilm',
                         help='text encoder without --init (default: minilm)')
+    parser.add_argument('--no-fusion-state', action='store_true',
+                        help="the new executor skips the fusion Transformer's state and reads "
+                             'the instruction through the sentence embedding, the grounding '
+                             'map and the task parameters only')
     loop.add_common_arguments(parser, steps=3000, batch_size=64, lr=1e-3)
     parser.add_argument('--warmup', type=int, default=100, help='warm-up steps (default: 100)')
     parser.add_argument('--change-weight', type=float, default=5.0,

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='text encoder (default: minilm)')
     parser.add_argument('--no-pretrain', action='store_true',
                         help='ablation: fine-tune from a randomly initialised model')
+    parser.add_argument('--no-fusion-state', action='store_true',
+                        help="the executor skips the fusion Transformer's state (vlit-ros "
+                             'finetune --no-fusion-state)')
     parser.add_argument('--pretrain-steps', type=int, default=PRETRAIN_STEPS,
                         help=f'pretraining steps (default: {PRETRAIN_STEPS})')
     parser.add_argument('--finetune-steps', type=int, default=None,
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                (['--quiet'] if args.quiet else []))]
     finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
-                     '--text-encoder', args.text_encoder] + common
+                     '--text-encoder', args.text_encoder] + common + \
+        (['--no-fusion-state'] if args.no_fusion_state else [])
     if not args.no_pretrain:
         pretrain_argv = ['--data', str(data), '--out', str(out / 'pretrain'),
                          '--text-encoder', args.text_encoder] + common

@@ -204,6 +204,10 @@ class ExecutorConfig:
     # with a task head, also feed what remains of the requested distance and angle (its
     # readings minus odometry); ignored without one
     progress_features: bool = True
+    # read the fusion Transformer's state (its state query's output); false: the executor
+    # reads the instruction only through the sentence embedding, the grounding map and the
+    # task parameters, so "drive to whatever is ahead" cannot be read off the image
+    fusion_state: bool = True
 
     def __post_init__(self):
         owner = 'ExecutorConfig'
@@ -215,6 +219,7 @@ class ExecutorConfig:
         _check_number(owner, 'distance_scale_m', self.distance_scale_m, 0.0, 1e3, True)
         _check_number(owner, 'time_scale_s', self.time_scale_s, 0.0, 1e4, True)
         _check_bool(owner, 'progress_features', self.progress_features)
+        _check_bool(owner, 'fusion_state', self.fusion_state)
 
 
 @dataclass
@@ -256,7 +261,7 @@ _SECTIONS = {'vision': VisionConfig, 'text': TextConfig, 'fusion': FusionConfig,
 # existed does not have it; it then takes the value that builds the model that file describes.
 _ADDED_FIELDS = {'fusion': {'grounding_dim': 0, 'task_parameters': False,
                             'task_tokens': False},
-                 'executor': {'progress_features': False}}
+                 'executor': {'progress_features': False, 'fusion_state': True}}
 
 
 @dataclass

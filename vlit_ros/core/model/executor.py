@@ -4,7 +4,9 @@ The InstructionExecutor and the instruction-following model built on it.
 - `odometry_features`: (x, y, yaw, v, w) in the instruction frame, the unwrapped yaw since
   the instruction and the time since it -> 8 features of order one.
 - `InstructionExecutor`: MLP over [fused state, odometry features, previous action
-  one-hot] -> logits over `ACTIONS` and a value estimate. When the fused state ends with the
+  one-hot] -> logits over `ACTIONS` and a value estimate. With `fusion_state` off in its
+  config it skips the fusion Transformer's part of the fused state and reads the
+  instruction through the sentence embedding, the grounding map and the task parameters. When the fused state ends with the
   task head's requested angle and distance, the executor also gets what remains of them
   (`progress_features`): requested minus driven distance, requested minus turned angle, raw
   and squashed near zero. "Stop when this crosses zero" is then one threshold instead of a
@@ -87,19 +89,25 @@ class ActionChoice(NamedTuple):
 class InstructionExecutor(nn.Module):
     """MLP: [fused state, odometry features, previous action one-hot] -> logits, value."""
 
-    def __init__(self, state_dim: int, config: ExecutorConfig, task_parameters: bool = False):
+    def __init__(self, state_dim: int, config: ExecutorConfig, task_parameters: bool = False,
+                 fusion_state_dim: int = 0):
         """
         Build the MLP for fused states of `state_dim`.
 
         `task_parameters`: the fused state's last two entries are the task head's requested
         angle and distance (scaled as in `core.task_parameters`); with
         `config.progress_features` the executor then also reads what remains of them.
+        `fusion_state_dim`: the fused state starts with that many entries of the fusion
+        Transformer's state, which the executor skips when `config.fusion_state` is false.
         """
         super().__init__()
         self.progress = bool(task_parameters and config.progress_features)
         self.distance_scale_m = config.distance_scale_m
+        self.skip = 0 if config.fusion_state else fusion_state_dim
+        if not 0 <= self.skip < state_dim:
+            raise ValueError(f'cannot skip {self.skip} of {state_dim} fused-state entries')
         layers = []
-        width = state_dim + ODOMETRY_FEATURES + NUM_ACTIONS + \
+        width = state_dim - self.skip + ODOMETRY_FEATURES + NUM_ACTIONS + \
             (PROGRESS_FEATURES if self.progress else 0)
         for _ in range(config.layers):
             layers += [nn.Linear(width, config.hidden), nn.GELU(), nn.Dropout(config.dropout)]
@@ -125,7 +133,7 @@ class InstructionExecutor(nn.Module):
         """Return the body's output (B, hidden), which the policy and value heads read."""
         previous = F.one_hot(prev_action, NUM_ACTIONS).to(fused.dtype)
         odometry = odometry.to(fused.dtype)
-        parts = [fused, odometry, previous]
+        parts = [fused[..., self.skip:], odometry, previous]
         if self.progress:
             parts.append(self.progress_features(fused, odometry))
         return self.body(torch.cat(parts, -1))
@@ -163,7 +171,8 @@ class VLITModel(nn.Module):
         self.vlm = vlm if vlm is not None else VisionLanguageModel(config)
         self.executor = InstructionExecutor(
             self.vlm.state_dim, config.executor,
-            task_parameters=self.vlm.fusion.task_head is not None)
+            task_parameters=self.vlm.fusion.task_head is not None,
+            fusion_state_dim=config.fusion.dim)
         self.start_action = ACTION_INDEX[config.executor.start_action]
 
     @property
