@@ -6,8 +6,9 @@ The InstructionExecutor and the instruction-following model built on it.
 - `InstructionExecutor`: MLP over [fused state, odometry features, previous action
   one-hot] -> logits over `ACTIONS` and a value estimate. With `fusion_state` off in its
   config it skips the fusion Transformer's part of the fused state and reads the
-  instruction through the sentence embedding, the grounding map and the task parameters. When the fused state ends with the
-  task head's requested angle and distance, the executor also gets what remains of them
+  instruction through the sentence embedding, the grounding map and the task parameters.
+  When the fused state ends with the task head's requested angle and distance, the
+  executor also gets what remains of them
   (`progress_features`): requested minus driven distance, requested minus turned angle, raw
   and squashed near zero. "Stop when this crosses zero" is then one threshold instead of a
   comparison of two inputs the MLP would have to learn from a few frames per episode.
