@@ -140,6 +140,38 @@ def test_executor_reads_what_remains_of_the_requested_distance_and_angle():
         ExecutorConfig(progress_features='yes')
 
 
+def test_executor_without_the_fusion_state_ignores_it_and_reads_the_rest():
+    config = tiny_config()
+    skipping = ModelConfig(vision=config.vision, text=config.text, fusion=config.fusion,
+                           executor=ExecutorConfig(hidden=32, fusion_state=False),
+                           pretrain=config.pretrain)
+    torch.manual_seed(0)
+    reading = VLITModel(config).executor.eval()
+    executor = VLITModel(skipping).executor.eval()
+    assert executor.skip == config.fusion.dim and reading.skip == 0
+    assert executor.body[0].in_features == reading.body[0].in_features - config.fusion.dim
+    state_dim = VLITModel(skipping).vlm.state_dim
+    fused = torch.randn(3, state_dim)
+    odometry = torch.randn(3, 8)
+    prev = torch.tensor([0, 1, 2])
+    logits = executor(fused, odometry, prev)[0].logits
+    changed = fused.clone()
+    changed[:, :config.fusion.dim] = torch.randn(3, config.fusion.dim)
+    assert torch.equal(executor(changed, odometry, prev)[0].logits, logits)
+    assert not torch.equal(reading(changed, odometry, prev)[0].logits,
+                           reading(fused, odometry, prev)[0].logits)
+    # The sentence embedding, the map and the task parameters after it still count.
+    changed = fused.clone()
+    changed[:, config.fusion.dim:] = torch.randn(3, state_dim - config.fusion.dim)
+    assert not torch.equal(executor(changed, odometry, prev)[0].logits, logits)
+    # Checkpoints from before the option read the state.
+    data = skipping.to_dict()
+    del data['executor']['fusion_state']
+    assert ModelConfig.from_dict(data).executor.fusion_state is True
+    with pytest.raises(ValueError, match='fusion_state'):
+        ExecutorConfig(fusion_state=1)
+
+
 def test_config_with_task_parameters_but_no_task_tokens_rebuilds_the_sentence_head():
     # The checkpoints shipped between the two: a task head on the sentence embedding alone.
     data = ModelConfig().to_dict()

@@ -3,6 +3,7 @@
 
 """End to end on tiny data: gen-data -> pretrain -> finetune with DAgger; resume; DDP."""
 
+import argparse
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import torch
 
 from vlit_ros.cli import main
 from vlit_ros.core.actions import ACTIONS
-from vlit_ros.core.model import VLITModel
+from vlit_ros.core.model import save_checkpoint, VLITModel
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.sim.episode import make_episode, Observation
 from vlit_ros.sim.tasks import FAMILIES
@@ -156,6 +157,39 @@ def test_resume_continues_from_the_saved_step(data, tmp_path):
         np.testing.assert_allclose(resumed[key], value, rtol=1e-5, atol=2e-5, err_msg=key)
     # The tolerance tells three steps from six.
     assert max(np.abs(halfway[key] - value).max() for key, value in straight.items()) > 1e-3
+
+
+def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
+    pretrained = tmp_path / 'pretrain'
+    assert _pretrain(data, pretrained, 1) == 0
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser)
+
+    def build(init, *extra):
+        return finetune.build_model(parser.parse_args(
+            ['--data', str(data), '--out', str(tmp_path / 'x'), '--init', str(init)] +
+            list(extra)))
+
+    model = build(pretrained, '--no-fusion-state')
+    assert model.config.executor.fusion_state is False
+    assert model.executor.skip == model.config.fusion.dim
+    assert build(pretrained).config.executor.fusion_state is True
+    # A fine-tuned model keeps its executor: the option may restate it, never change it.
+    save_checkpoint(model, tmp_path / 'skipping')
+    assert build(tmp_path / 'skipping').executor.skip == model.config.fusion.dim
+    assert build(tmp_path / 'skipping', '--no-fusion-state').executor.skip > 0
+    save_checkpoint(build(pretrained), tmp_path / 'reading')
+    with pytest.raises(ValueError, match='already has one that reads the fusion state'):
+        build(tmp_path / 'reading', '--no-fusion-state')
+    # train-all hands the option to the finetune stage only (polish continues that model).
+    out = tmp_path / 'all'
+    argv = ['--out', str(out), '--data', str(data), '--no-fusion-state']
+    parser = argparse.ArgumentParser()
+    train_all.add_arguments(parser)
+    stages = {name: argv for name, _, argv in train_all.plan_stages(parser.parse_args(argv))}
+    assert list(stages) == ['gen-data', 'pretrain', 'finetune', 'polish']
+    assert '--no-fusion-state' in stages['finetune']
+    assert '--no-fusion-state' not in stages['polish']
 
 
 def test_resume_with_another_model_configuration_is_refused(data, tmp_path, capsys):

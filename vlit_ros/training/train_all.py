@@ -19,7 +19,7 @@ from pathlib import Path
 import shutil
 import sys
 import time
-from typing import List
+from typing import Any, List, Tuple
 
 from vlit_ros.core.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from vlit_ros.training import datagen, finetune, pretrain
@@ -75,14 +75,12 @@ def _stage_args(module, argv: List[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> int:
+def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
+    """Return the stages of a run: (name, module, its command-line arguments), in order."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else out / 'data'
     common = ['--seed', str(args.seed), '--threads', str(args.threads)] + \
         (['--quiet'] if args.quiet else [])
-    times = {}
-    started = time.perf_counter()
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                (['--quiet'] if args.quiet else []))]
     finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
@@ -106,6 +104,17 @@ def run(args: argparse.Namespace) -> int:
             '--init', str(out / 'finetune'), '--data', str(data), '--data', str(out / POOLED),
             '--out', str(out / 'polish'), '--steps', str(args.polish_steps), '--lr', '3e-4',
             '--warmup', '100', '--dagger-rounds', '0'] + common))
+    return stages
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data) if args.data else out / 'data'
+    stages = plan_stages(args)
+    polish = any(name == 'polish' for name, _, _ in stages)
+    times = {}
+    started = time.perf_counter()
     for name, module, argv in stages:
         print(f'== {name}: vlit-ros {"finetune" if name == "polish" else name} '
               f'{" ".join(argv)}', flush=True)
