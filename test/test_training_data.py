@@ -18,8 +18,9 @@ from vlit_ros.sim.tasks import FAMILIES, GOTO_TEMPLATES, load_instructions, SHAP
 from vlit_ros.sim.world import World
 from vlit_ros.training import captions
 from vlit_ros.training.datagen import GenDataConfig, generate
-from vlit_ros.training.datasets import (grounding_labels, grounding_queries, NO_BOX,
-                                        object_boxes, QUERY_SPAN, target_boxes)
+from vlit_ros.training.datasets import (concatenate_releasing, grounding_labels,
+                                        grounding_queries, NO_BOX, object_boxes, QUERY_SPAN,
+                                        target_boxes)
 from vlit_ros.training.phrasings import (training_instruction, unseen_goto_instructions,
                                          UNSEEN_GOTO_SEED, UNSEEN_GOTO_TEMPLATES,
                                          uses_template)
@@ -35,6 +36,21 @@ def _scene():
     return Scene(seed=0, objects=(ObjectSpec('cube', 'red', 1.0, 0.6, 0.2),
                                   ObjectSpec('sphere', 'blue', 3.6, -1.5, 0.2),
                                   ObjectSpec('cylinder', 'green', -2.0, 0.0, 0.2)))
+
+
+def test_concatenate_releasing_matches_numpy_and_lets_go_of_the_parts():
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, (n, 3, 2), np.uint8) for n in (4, 0, 7, 1)]
+    expected = np.concatenate(parts)
+    held = list(parts)
+    out = concatenate_releasing(held)
+    assert held == [] and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+    assert concatenate_releasing([np.arange(3), np.arange(2.0)]).dtype == np.float64
+    with pytest.raises(ValueError, match='shapes'):
+        concatenate_releasing([np.zeros((2, 3)), np.zeros((2, 4))])
+    with pytest.raises(ValueError, match='nothing'):
+        concatenate_releasing([])
 
 
 def test_caption_lists_visible_objects_left_to_right():

@@ -205,6 +205,31 @@ def grounding_labels(boxes: np.ndarray, grid: Tuple[int, int]) -> np.ndarray:
     return (down[:, :, None] * across[:, None, :]).reshape(len(boxes), rows * cols)
 
 
+def concatenate_releasing(parts: List[np.ndarray]) -> np.ndarray:
+    """
+    Return np.concatenate(parts), emptying `parts` as each is copied.
+
+    Each part is released once copied (when nothing else holds it), and the output's pages
+    are only touched as they are filled, so the peak is about one copy of the data instead
+    of two: for the images of a DAgger-aggregated dataset, gigabytes.
+    """
+    if not parts:
+        raise ValueError('nothing to concatenate')
+    shapes = {part.shape[1:] for part in parts}
+    if len(shapes) > 1:
+        raise ValueError(f'cannot concatenate arrays of shapes {sorted(shapes)} per row')
+    out = np.empty((sum(part.shape[0] for part in parts),) + parts[0].shape[1:],
+                   np.result_type(*parts))
+    start = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        out[start:start + part.shape[0]] = part
+        start += part.shape[0]
+        del part
+    return out
+
+
 @dataclass
 class TrajectorySet:
     """
@@ -277,7 +302,7 @@ class TrajectorySet:
                 columns[name].append(resize_images(column, size) if name == 'image' else column)
         if not text_index:
             raise ValueError('no trajectory frames found')
-        return cls({k: np.concatenate(v) for k, v in columns.items()}, list(text_ids),
+        return cls({k: concatenate_releasing(v) for k, v in columns.items()}, list(text_ids),
                    np.concatenate(text_index), np.concatenate(prev).astype(np.int64),
                    np.concatenate(family), tuple(families), np.concatenate(auxiliary),
                    np.concatenate(auxiliary_mask), np.concatenate(boxes), list(query_ids),

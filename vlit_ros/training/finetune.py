@@ -480,6 +480,8 @@ def _run(args, context: loop.DistributedContext) -> int:
             trainer.extra['rounds_done'] = rounds_done
             trainer.extra['rounds'].append(dict(summary, step=trainer.step))
             trainer.checkpoint()
+            # The old set goes first: holding both at once doubles the peak memory.
+            batches = None
             batches = load_data(rounds_done)
             if context.is_main:
                 print(f'DAgger round {round_index + 1}: {summary["frames"]} frames '
