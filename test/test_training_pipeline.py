@@ -4,12 +4,14 @@
 """End to end on tiny data: gen-data -> pretrain -> finetune with DAgger; resume; DDP."""
 
 import argparse
+import gc
 import json
 import math
 import os
 from pathlib import Path
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -190,6 +192,43 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     assert list(stages) == ['gen-data', 'pretrain', 'finetune', 'polish']
     assert '--no-fusion-state' in stages['finetune']
     assert '--no-fusion-state' not in stages['polish']
+
+
+def test_train_all_frees_a_stage_before_the_next_one_loads(tmp_path, monkeypatch):
+    # A stage's dataset can sit in a reference cycle after the stage returns (closures,
+    # the trainer); train-all collects it, or the next stage's data doubles the peak memory.
+    held = []
+
+    class Dataset:
+        pass
+
+    class Stage:
+        def __init__(self, first):
+            self.first = first
+
+        @staticmethod
+        def add_arguments(parser):
+            pass
+
+        def run(self, args):
+            if self.first:
+                data = Dataset()
+                data.cycle = data
+                held.append(weakref.ref(data))
+            else:
+                held.append(held[0]())
+            return 0
+
+    monkeypatch.setattr(train_all, 'plan_stages', lambda args: [
+        ('gen-data', Stage(True), []), ('pretrain', Stage(False), [])])
+    gc.disable()
+    try:
+        assert main(['train-all', '--out', str(tmp_path / 'run'), '--quiet']) == 0
+    finally:
+        gc.enable()
+    assert len(held) == 2 and held[1] is None
+    record = json.loads((tmp_path / 'run' / 'train_all.json').read_text())
+    assert set(record['stage_seconds']) == {'gen-data', 'pretrain'}
 
 
 def test_resume_with_another_model_configuration_is_refused(data, tmp_path, capsys):
