@@ -185,19 +185,33 @@ def grounding_queries(episode: dict, poses: np.ndarray) -> Tuple[List[str], np.n
     return texts, boxes
 
 
-def grounding_labels(boxes: np.ndarray, grid: Tuple[int, int]) -> np.ndarray:
-    """
-    Return (B, rows * cols) soft labels: the share of each patch a box covers.
+GROUNDING_LABELS = ('coverage', 'presence')
 
-    Patches are in the vision encoder's token order (row by row from the top left); an
-    empty box labels every patch 0.
+
+def grounding_labels(boxes: np.ndarray, grid: Tuple[int, int],
+                     kind: str = 'coverage') -> np.ndarray:
     """
+    Return (B, rows * cols) soft labels of boxes (B, 4), one per patch.
+
+    `coverage`: the share of each patch the box covers, so an object smaller than a patch
+    (a far one) is labelled by its size: about 0.15 for one 3 m away. `presence`: per axis,
+    the covered extent over the smaller of the box's and the patch's, so a patch that holds
+    the whole object is labelled 1 however small it is, and large boxes are labelled as by
+    coverage. Patches are in the vision encoder's token order (row by row from the top
+    left); an empty box labels every patch 0.
+    """
+    if kind not in GROUNDING_LABELS:
+        raise ValueError(f'grounding labels must be one of {", ".join(GROUNDING_LABELS)}, '
+                         f'got {kind!r}')
     rows, cols = grid
 
     def overlap(low, high, cells):
         edges = np.arange(cells + 1, dtype=np.float32) / cells
         covered = np.minimum(high[:, None], edges[None, 1:]) - \
             np.maximum(low[:, None], edges[None, :-1])
+        if kind == 'presence':
+            extent = np.minimum(high - low, 1.0 / cells)
+            return np.clip(covered / np.maximum(extent, 1e-6)[:, None], 0.0, 1.0)
         return np.clip(covered * cells, 0.0, 1.0)
 
     across = overlap(boxes[:, 0], boxes[:, 1], cols)

@@ -59,7 +59,8 @@ from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training import loop
 from vlit_ros.training.datagen import FAMILY_PLAN
-from vlit_ros.training.datasets import AUXILIARY_TARGETS, grounding_labels, TrajectorySet
+from vlit_ros.training.datasets import (AUXILIARY_TARGETS, GROUNDING_LABELS, grounding_labels,
+                                        TrajectorySet)
 from vlit_ros.training.phrasings import training_instruction
 from vlit_ros.training.presets import model_config, PRESETS, TEXT_ENCODERS
 from vlit_ros.training.report import family_rates, write_report
@@ -211,9 +212,10 @@ _LOSS_WEIGHT_HELP = {
 }
 
 
-def _grounding_loss(logits: torch.Tensor, boxes: np.ndarray, grid) -> torch.Tensor:
+def _grounding_loss(logits: torch.Tensor, boxes: np.ndarray, grid,
+                    labels_kind: str = 'coverage') -> torch.Tensor:
     """Binary cross-entropy of grounding logits (B, patches) against boxes (B, 4)."""
-    labels = torch.as_tensor(grounding_labels(boxes, grid), device=logits.device)
+    labels = torch.as_tensor(grounding_labels(boxes, grid, labels_kind), device=logits.device)
     # Summed over patches, averaged over frames: a frame's few target patches count as much
     # as its many empty ones would if averaged.
     return F.binary_cross_entropy_with_logits(logits.float(), labels,
@@ -221,9 +223,12 @@ def _grounding_loss(logits: torch.Tensor, boxes: np.ndarray, grid) -> torch.Tens
 
 
 def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
-                     weights: LossWeights) -> Dict[str, torch.Tensor]:
+                     weights: LossWeights, labels_kind: str = 'coverage'
+                     ) -> Dict[str, torch.Tensor]:
     """
     Return the action cross-entropy plus the weighted extra losses, and metrics.
+
+    `labels_kind`: the grounding labels (`datasets.grounding_labels`).
 
     The forward pass is `VLITModel.forward` spelled out, so that the fused state also feeds
     the auxiliary head, and the grounding logits and task parameters their losses.
@@ -249,7 +254,8 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
         losses['loss_auxiliary'] = auxiliary.detach()
         total = total + weights.auxiliary * auxiliary
     if details.grounding is not None and weights.grounding > 0:
-        grounding = _grounding_loss(details.grounding, batch['target_box'], vlm.vision.grid)
+        grounding = _grounding_loss(details.grounding, batch['target_box'], vlm.vision.grid,
+                                    labels_kind)
         losses['loss_grounding'] = grounding.detach()
         total = total + weights.grounding * grounding
     if details.grounding is not None and weights.query > 0 and 'query_box' in batch:
@@ -257,7 +263,7 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
         query = model.batch_text({'texts': batch['query_texts'],
                                   'text_index': batch['query_text_index']})
         logits = vlm.fusion.grounding(details.patches, query.pooled)
-        query_loss = _grounding_loss(logits, batch['query_box'], vlm.vision.grid)
+        query_loss = _grounding_loss(logits, batch['query_box'], vlm.vision.grid, labels_kind)
         losses['loss_query'] = query_loss.detach()
         total = total + weights.query * query_loss
     if details.task_parameters is not None and weights.task > 0:
@@ -395,6 +401,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(LossWeights(), name)
         parser.add_argument(f'--{name}-weight', type=float, default=default,
                             help=f'weight of {what} (default: {default:g}; 0: none)')
+    parser.add_argument('--grounding-labels', choices=GROUNDING_LABELS, default='coverage',
+                        help='labels of the grounding map: coverage (the share of each patch '
+                             'the object covers) or presence (1 on a patch that holds the '
+                             'whole object, however far; default: coverage)')
     parser.add_argument('--task-warmup-steps', type=int, default=600,
                         help='steps fitting the task head to the distinct instructions before '
                              'cloning (default: 600; 0: none)')
@@ -442,7 +452,7 @@ def _run(args, context: loop.DistributedContext) -> int:
                              for name in _LOSS_WEIGHT_HELP})
 
     def loss_fn(m, step):
-        return imitation_losses(m, head, batches.batch(step), weights)
+        return imitation_losses(m, head, batches.batch(step), weights, args.grounding_labels)
 
     trainer = loop.Trainer(model, loss_fn, lambda d: save_checkpoint(model, d), out, context,
                            'finetune', progress=not args.quiet, auxiliary=head)

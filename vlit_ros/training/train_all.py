@@ -24,6 +24,7 @@ from typing import Any, List, Tuple
 
 from vlit_ros.core.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from vlit_ros.training import datagen, finetune, pretrain
+from vlit_ros.training.datasets import GROUNDING_LABELS
 from vlit_ros.training.presets import TEXT_ENCODERS
 from vlit_ros.training.shards import MANIFEST, read_json, write_json
 
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='text encoder (default: minilm)')
     parser.add_argument('--no-pretrain', action='store_true',
                         help='ablation: fine-tune from a randomly initialised model')
+    parser.add_argument('--grounding-labels', choices=GROUNDING_LABELS, default='coverage',
+                        help='labels of the grounding map in fine-tuning and polish '
+                             '(vlit-ros finetune --grounding-labels; default: coverage)')
     parser.add_argument('--no-fusion-state', action='store_true',
                         help="the executor skips the fusion Transformer's state (vlit-ros "
                              'finetune --no-fusion-state)')
@@ -82,10 +86,11 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
     data = Path(args.data) if args.data else out / 'data'
     common = ['--seed', str(args.seed), '--threads', str(args.threads)] + \
         (['--quiet'] if args.quiet else [])
+    tuning = ['--grounding-labels', args.grounding_labels]
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                (['--quiet'] if args.quiet else []))]
     finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
-                     '--text-encoder', args.text_encoder] + common + \
+                     '--text-encoder', args.text_encoder] + common + tuning + \
         (['--no-fusion-state'] if args.no_fusion_state else [])
     if not args.no_pretrain:
         pretrain_argv = ['--data', str(data), '--out', str(out / 'pretrain'),
@@ -104,7 +109,7 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
         stages.append(('polish', finetune, [
             '--init', str(out / 'finetune'), '--data', str(data), '--data', str(out / POOLED),
             '--out', str(out / 'polish'), '--steps', str(args.polish_steps), '--lr', '3e-4',
-            '--warmup', '100', '--dagger-rounds', '0'] + common))
+            '--warmup', '100', '--dagger-rounds', '0'] + common + tuning))
     return stages
 
 
