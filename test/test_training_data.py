@@ -126,6 +126,24 @@ def test_grounding_labels_cover_the_target_box_patch_by_patch():
     assert not target_boxes(turn, pose).any()
 
 
+def test_presence_labels_mark_a_far_object_as_present_on_its_patch():
+    boxes = np.array([NO_BOX, (0.30, 0.34, 0.50, 0.56), (0.12, 0.14, 0.50, 0.52),
+                      (0.0, 0.25, 0.5, 1.0)], np.float32)
+    coverage = grounding_labels(boxes, (6, 8)).reshape(4, 6, 8)
+    presence = grounding_labels(boxes, (6, 8), 'presence').reshape(4, 6, 8)
+    assert not presence[0].any()
+    # A far object inside one patch: coverage labels it by its size, presence by being there.
+    assert coverage[1].max() < 0.15 and presence[1][3, 2] == 1.0
+    assert np.count_nonzero(presence[1]) == 1
+    # Straddling two patches: split by where it is, a quarter and three quarters.
+    np.testing.assert_allclose(presence[2][3, :2], [0.25, 0.75], atol=1e-5)
+    assert np.count_nonzero(presence[2]) == 2
+    # Large boxes are labelled the same either way.
+    np.testing.assert_allclose(presence[3], coverage[3], atol=1e-6)
+    with pytest.raises(ValueError, match='presence'):
+        grounding_labels(boxes, (6, 8), 'centre')
+
+
 def test_a_hidden_target_has_no_box():
     scene = Scene(seed=0, objects=(ObjectSpec('cube', 'red', 1.0, 0.0, 0.3),
                                    ObjectSpec('sphere', 'blue', 3.0, 0.0, 0.2)))

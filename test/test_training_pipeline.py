@@ -118,6 +118,14 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
     # Without its weight the relabelled query is neither computed nor counted.
     losses = finetune.imitation_losses(model, None, batch, finetune.LossWeights(query=0.0))
     assert 'loss_query' not in losses
+    # Presence labels reach both grounding losses (they differ wherever a box is small).
+    model.eval()
+    with torch.no_grad():
+        coverage = finetune.imitation_losses(model, None, batch, weights)
+        presence = finetune.imitation_losses(model, None, batch, weights, 'presence')
+    for key in ('loss_grounding', 'loss_query'):
+        assert float(presence[key]) != float(coverage[key]), key
+    assert float(presence['loss_action']) == float(coverage['loss_action'])
 
 
 def test_task_head_warm_up_reads_each_instructions_numbers(data):
@@ -185,13 +193,17 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
         build(tmp_path / 'reading', '--no-fusion-state')
     # train-all hands the option to the finetune stage only (polish continues that model).
     out = tmp_path / 'all'
-    argv = ['--out', str(out), '--data', str(data), '--no-fusion-state']
+    argv = ['--out', str(out), '--data', str(data), '--no-fusion-state',
+            '--grounding-labels', 'presence']
     parser = argparse.ArgumentParser()
     train_all.add_arguments(parser)
     stages = {name: argv for name, _, argv in train_all.plan_stages(parser.parse_args(argv))}
     assert list(stages) == ['gen-data', 'pretrain', 'finetune', 'polish']
     assert '--no-fusion-state' in stages['finetune']
     assert '--no-fusion-state' not in stages['polish']
+    # The grounding labels are the same in both stages that train the map.
+    for name in ('finetune', 'polish'):
+        assert stages[name][stages[name].index('--grounding-labels') + 1] == 'presence'
 
 
 def test_train_all_frees_a_stage_before_the_next_one_loads(tmp_path, monkeypatch):
