@@ -1,0 +1,143 @@
+# Copyright 2026 vlit_ros developers
+# Licensed under the Apache License, Version 2.0.
+
+"""
+The grounding map by target distance: how far away does it still find the named object.
+
+    python bench/grounding_by_distance.py --data runs/data --frames 3000
+    python bench/grounding_by_distance.py --data runs/data --checkpoint runs/x/polish
+
+Draws goto frames of the expert trajectories in a gen-data directory (seeded), runs the
+checkpoint's grounding map on each with its instruction, and reports per distance band of
+the target: how often the map's highest probability on a patch the target touches is 0.5 or
+more ("found"), its median there, and how often a patch the target does not touch is at 0.5
+or more ("false alarm"); then the false alarms on frames without the target in view. The
+goto diagnostics (`goto_diagnostics.py`) judge whole rollouts; this tells whether a failure
+to go for a far target starts in the map.
+"""
+
+import argparse
+import json
+from pathlib import Path
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vlit_ros.core.model import load_checkpoint, VLITModel
+from vlit_ros.policies import default_checkpoint
+from vlit_ros.sim.tasks import FAMILIES
+from vlit_ros.training.datasets import AUXILIARY_TARGETS, grounding_labels, TrajectorySet
+
+# Distance bands of the target (m): [low, high).
+BANDS = ((0.0, 1.0), (1.0, 1.5), (1.5, 2.0), (2.0, 2.5), (2.5, 3.0), (3.0, 4.0), (4.0, 10.0))
+FOUND = 0.5
+BATCH = 100
+
+
+def map_probabilities(model: VLITModel, data: TrajectorySet, rows: np.ndarray,
+                      progress: bool = True) -> np.ndarray:
+    """Return the grounding map's probabilities (frames, patches) of rows of `data`."""
+    out = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(rows), BATCH), desc='frames', unit='batch',
+                          disable=not progress, dynamic_ncols=True):
+            batch = rows[start:start + BATCH]
+            text = model.vlm.encode_instructions([data.texts[i] for i in
+                                                  data.text_index[batch]])
+            pixels = model.vlm.preprocess(torch.from_numpy(data.arrays['image'][batch]))
+            details = model.vlm.fuse_details(model.vlm.image_tokens(pixels), text)
+            out.append(torch.sigmoid(details.grounding.float()).numpy())
+    return np.concatenate(out)
+
+
+def by_distance(probabilities: np.ndarray, boxes: np.ndarray, distances: np.ndarray,
+                grid) -> Dict:
+    """Summarise map probabilities against target boxes and distances (NaN: not in view)."""
+    touched = grounding_labels(boxes, grid, 'presence') > 0.0
+    shown = touched.any(-1) & np.isfinite(distances)
+    on = np.where(touched, probabilities, 0.0).max(-1)
+    off = np.where(touched, 0.0, probabilities).max(-1)
+    bands: List[Dict] = []
+    for low, high in BANDS:
+        rows = shown & (distances >= low) & (distances < high)
+        count = int(rows.sum())
+        bands.append({'from_m': low, 'to_m': high, 'frames': count,
+                      'found': _share(on[rows] >= FOUND) if count else None,
+                      'median_on_target': float(np.median(on[rows])) if count else None,
+                      'false_alarm': _share(off[rows] >= FOUND) if count else None})
+    empty = ~touched.any(-1)
+    return {'frames': int(len(boxes)), 'frames_target_shown': int(shown.sum()),
+            'bands': bands, 'frames_target_absent': int(empty.sum()),
+            'false_alarm_target_absent': _share(off[empty] >= FOUND) if empty.any() else None}
+
+
+def _share(flags: np.ndarray) -> float:
+    return round(float(np.mean(flags)), 4)
+
+
+def format_table(summary: Dict, title: str) -> str:
+    lines = [title, '', '| target distance | frames | found (map >= 0.5 on it) | median on it '
+             '| false alarm elsewhere |', '| --- | --- | --- | --- | --- |']
+
+    def percent(value: Optional[float]) -> str:
+        return '-' if value is None else f'{100.0 * value:.0f}%'
+
+    for band in summary['bands']:
+        median = '-' if band['median_on_target'] is None else f'{band["median_on_target"]:.2f}'
+        lines.append(f'| {band["from_m"]:g}-{band["to_m"]:g} m | {band["frames"]} | '
+                     f'{percent(band["found"])} | {median} | {percent(band["false_alarm"])} |')
+    lines.append(f'| target not in view | {summary["frames_target_absent"]} | | | '
+                 f'{percent(summary["false_alarm_target_absent"])} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[1].strip())
+    parser.add_argument('--data', required=True, help='gen-data directory (trajectories)')
+    parser.add_argument('--checkpoint', default=None,
+                        help='VLITModel checkpoint (default: the shipped one)')
+    parser.add_argument('--frames', type=int, default=3000,
+                        help='goto frames drawn (default: 3000)')
+    parser.add_argument('--seed', type=int, default=0, help='frame draw seed (default: 0)')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads (default: 1)')
+    parser.add_argument('--json', default=None, metavar='OUT.json')
+    parser.add_argument('--quiet', action='store_true')
+    args = parser.parse_args(argv)
+    if args.frames < 1:
+        parser.error(f'--frames must be at least 1, got {args.frames}')
+    torch.set_num_threads(args.threads)
+    checkpoint = args.checkpoint or default_checkpoint()
+    model = load_checkpoint(checkpoint).eval()
+    if not isinstance(model, VLITModel) or model.vlm.fusion.grounding is None:
+        print(f'error: {checkpoint} has no grounding map (a fine-tuned VLITModel has one)',
+              file=sys.stderr)
+        return 2
+    height, width = model.config.vision.image_height, model.config.vision.image_width
+    data = TrajectorySet.load([Path(args.data)], FAMILIES, model.start_action,
+                              size=(height, width))
+    goto = np.flatnonzero(data.family == FAMILIES.index('goto'))
+    if not len(goto):
+        print(f'error: {args.data} has no goto frames', file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(args.seed)
+    rows = np.sort(rng.choice(goto, min(args.frames, len(goto)), replace=False))
+    probabilities = map_probabilities(model, data, rows, not args.quiet)
+    visible = AUXILIARY_TARGETS.index('goto_visible')
+    log_distance = AUXILIARY_TARGETS.index('goto_log_distance')
+    distances = np.where(data.auxiliary[rows, visible] > 0.5,
+                         np.exp(data.auxiliary[rows, log_distance]), np.nan)
+    summary = by_distance(probabilities, data.target_box[rows], distances,
+                          model.vlm.vision.grid)
+    summary.update({'checkpoint': str(checkpoint), 'data': args.data, 'seed': args.seed})
+    print(format_table(summary, f'grounding map of {checkpoint} on {len(rows)} goto frames of '
+                                f'{args.data}'))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,73 @@
+# Copyright 2026 vlit_ros developers
+# Licensed under the Apache License, Version 2.0.
+
+"""bench/grounding_by_distance.py: the map's findings by target distance."""
+
+import json
+import math
+from pathlib import Path
+
+from bench_scripts import load_bench_script
+import numpy as np
+import pytest
+
+from vlit_ros.training.datagen import GenDataConfig, generate
+from vlit_ros.training.datasets import NO_BOX
+
+SHIPPED = Path(__file__).resolve().parents[1] / 'vlit_ros' / 'checkpoints' / 'default'
+
+
+@pytest.fixture(scope='module')
+def bench():
+    return load_bench_script('grounding_by_distance')
+
+
+def test_by_distance_counts_found_targets_and_false_alarms_per_band(bench):
+    grid = (6, 8)
+    # Three frames with the target in one patch (row 3, column 2), one without it.
+    boxes = np.array([(0.30, 0.34, 0.50, 0.56)] * 3 + [NO_BOX], np.float32)
+    probabilities = np.zeros((4, 48))
+    probabilities[0, 3 * 8 + 2] = 0.9          # found, 0.8 m away
+    probabilities[1, 3 * 8 + 2] = 0.2          # missed, 2.2 m away ...
+    probabilities[1, 0] = 0.7                  # ... and a false alarm elsewhere
+    probabilities[2, 3 * 8 + 2] = 0.6          # found, 2.4 m away
+    probabilities[3, 5] = 0.8                  # a false alarm without the target
+    distances = np.array([0.8, 2.2, 2.4, math.nan])
+    summary = bench.by_distance(probabilities, boxes, distances, grid)
+    bands = {(b['from_m'], b['to_m']): b for b in summary['bands']}
+    assert bands[(0.0, 1.0)] == {'from_m': 0.0, 'to_m': 1.0, 'frames': 1, 'found': 1.0,
+                                 'median_on_target': 0.9, 'false_alarm': 0.0}
+    assert bands[(2.0, 2.5)]['frames'] == 2 and bands[(2.0, 2.5)]['found'] == 0.5
+    assert bands[(2.0, 2.5)]['false_alarm'] == 0.5
+    assert bands[(3.0, 4.0)]['frames'] == 0 and bands[(3.0, 4.0)]['found'] is None
+    assert summary['frames_target_shown'] == 3 and summary['frames_target_absent'] == 1
+    assert summary['false_alarm_target_absent'] == 1.0
+    table = bench.format_table(summary, 'title')
+    assert '| 2-2.5 m | 2 | 50% |' in table and '| 3-4 m | 0 | - |' in table
+
+
+def test_runs_on_generated_data_with_the_shipped_checkpoint(bench, tmp_path, capsys):
+    data = tmp_path / 'data'
+    generate(data, GenDataConfig(caption_scenes=0, views_per_scene=1, trajectory_scenes=2,
+                                 episodes_per_scene=3, scenes_per_shard=2),
+             workers=1, progress=False)
+    out = tmp_path / 'out.json'
+    assert bench.main(['--data', str(data), '--frames', '40', '--checkpoint', str(SHIPPED),
+                       '--json', str(out), '--quiet']) == 0
+    summary = json.loads(out.read_text())
+    assert 0 < summary['frames'] <= 40
+    assert summary['frames_target_shown'] + summary['frames_target_absent'] <= \
+        summary['frames']
+    assert sum(b['frames'] for b in summary['bands']) == summary['frames_target_shown']
+    for band in summary['bands']:
+        if band['frames']:
+            assert 0.0 <= band['found'] <= 1.0 and 0.0 <= band['median_on_target'] <= 1.0
+    assert 'found (map >= 0.5 on it)' in capsys.readouterr().out
+
+
+def test_a_pretraining_checkpoint_is_refused(bench, tmp_path, capsys):
+    from vlit_ros.core.model import PretrainingModel, save_checkpoint
+    from vlit_ros.training.presets import model_config
+    save_checkpoint(PretrainingModel(model_config('tiny', 'builtin')), tmp_path / 'pre')
+    assert bench.main(['--data', str(tmp_path), '--checkpoint', str(tmp_path / 'pre')]) == 2
+    assert 'no grounding map' in capsys.readouterr().err
