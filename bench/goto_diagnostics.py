@@ -47,11 +47,9 @@ _LETTERS = dict(zip(ACTIONS, 'SFlrLRB'))
 
 def grounding_probabilities(model, images: np.ndarray, text: str) -> np.ndarray:
     """Return the grounding map's probabilities (frames, patches) for one instruction."""
-    vlm = model.vlm
     with torch.no_grad():
-        tokens = vlm.image_tokens(vlm.preprocess(torch.from_numpy(images)))
-        features = vlm.encode_instructions([text] * len(images))
-        return torch.sigmoid(vlm.fuse_details(tokens, features).grounding).numpy()
+        logits = model.vlm.grounding_logits(torch.from_numpy(images), [text] * len(images))
+    return torch.sigmoid(logits).numpy()
 
 
 def expert_search_sees_target(world: World, spec, target, grid) -> bool:

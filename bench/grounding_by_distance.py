@@ -45,11 +45,10 @@ def map_probabilities(model: VLITModel, data: TrajectorySet, rows: np.ndarray,
         for start in tqdm(range(0, len(rows), BATCH), desc='frames', unit='batch',
                           disable=not progress, dynamic_ncols=True):
             batch = rows[start:start + BATCH]
-            text = model.vlm.encode_instructions([data.texts[i] for i in
-                                                  data.text_index[batch]])
-            pixels = model.vlm.preprocess(torch.from_numpy(data.arrays['image'][batch]))
-            details = model.vlm.fuse_details(model.vlm.image_tokens(pixels), text)
-            out.append(torch.sigmoid(details.grounding.float()).numpy())
+            logits = model.vlm.grounding_logits(
+                torch.from_numpy(data.arrays['image'][batch]),
+                [data.texts[i] for i in data.text_index[batch]])
+            out.append(torch.sigmoid(logits.float()).numpy())
     return np.concatenate(out)
 
 

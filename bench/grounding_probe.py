@@ -38,13 +38,6 @@ from vlit_ros.training.shards import iter_shards
 COVERED = 0.3
 
 
-def grounding_logits(vlm: VisionLanguageModel, images: np.ndarray, texts) -> torch.Tensor:
-    """Return grounding logits (B, patches) of uint8 images for their instructions."""
-    tokens = vlm.image_tokens(vlm.preprocess(torch.from_numpy(images)))
-    context = vlm.fusion.context_norm(tokens)[:, vlm.fusion.leading_tokens:]
-    return vlm.fusion.grounding(context, vlm.encode_instructions(texts).pooled)
-
-
 def queries(data, rows, relabelled: bool):
     """Return the texts and boxes of frames `rows`: their instructions' or relabelled."""
     if relabelled:
@@ -61,7 +54,7 @@ def score(vlm, data, rows, relabelled: bool = False, batch: int = 256) -> dict:
             chunk = rows[start:start + batch]
             texts, boxes = queries(data, chunk, relabelled)
             probabilities = torch.sigmoid(
-                grounding_logits(vlm, data.arrays['image'][chunk], texts)).numpy()
+                vlm.grounding_logits(torch.from_numpy(data.arrays['image'][chunk]), texts)).numpy()
             labels = grounding_labels(boxes, vlm.vision.grid)
             visible = labels.max(1) >= COVERED
             best = probabilities.argmax(1)
@@ -84,7 +77,7 @@ def scores(vlm, data, rows) -> dict:
 
 def grounding_loss(vlm, images, texts, boxes) -> torch.Tensor:
     """Return the grounding loss (BCE summed over patches, mean over frames)."""
-    logits = grounding_logits(vlm, images, texts)
+    logits = vlm.grounding_logits(torch.from_numpy(images), texts)
     labels = torch.from_numpy(grounding_labels(boxes, vlm.vision.grid))
     return F.binary_cross_entropy_with_logits(logits, labels, reduction='sum') / len(images)
 

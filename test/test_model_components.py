@@ -11,7 +11,7 @@ from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
 from vlit_ros.core.model import (as_image_batch, ExecutorConfig, FusionConfig, ModelConfig,
                                  normalize_instruction, odometry_features, PretrainConfig,
                                  PretrainingModel, TextConfig, VisionConfig, VLITModel)
-from vlit_ros.core.model.fusion import TaskHead
+from vlit_ros.core.model.fusion import CrossModalFusion, TaskHead
 from vlit_ros.core.model.text import TextEmbeddingCache
 
 
@@ -302,6 +302,15 @@ def test_grounding_map_and_task_parameters_ride_in_the_fused_state(minilm_model)
     assert torch.allclose(details.state[:, 640:688], torch.sigmoid(details.grounding))
     assert torch.equal(details.state[:, -2:], details.task_parameters)
     assert torch.equal(details.task_parameters, vlm.fusion.task_parameters(text))
+    # The map alone, without the attention blocks, is the map inside the fused state.
+    with torch.no_grad():
+        alone = vlm.grounding_logits(images, ['go to the red cube', 'back up a meter'])
+    assert torch.allclose(alone, details.grounding, atol=1e-5)
+    with pytest.raises(ValueError, match='2 images but 1 texts'):
+        vlm.grounding_logits(images, ['stop'])
+    blind = CrossModalFusion(384, FusionConfig(grounding_dim=0), (6, 8))
+    with pytest.raises(ValueError, match='no grounding head'):
+        blind.grounding_logits(tokens, text)
     # The summary's centroid: a lone patch at the top left is left (+1) and up (-1).
     logits = torch.full((1, 48), -20.0)
     logits[0, 0] = 20.0

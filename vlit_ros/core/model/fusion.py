@@ -183,6 +183,18 @@ class CrossModalFusion(nn.Module):
             parts.append(parameters.to(state.dtype))
         return FusionOutput(torch.cat(parts, -1), logits, parameters, patches)
 
+    def grounding_logits(self, image_tokens: torch.Tensor, text: TextFeatures) -> torch.Tensor:
+        """
+        Return the grounding logits (B, patches) alone, as `fuse` computes them.
+
+        The map reads only the normalised patch tokens and the sentence embedding, so the
+        attention blocks are skipped.
+        """
+        if self.grounding is None:
+            raise ValueError('this model has no grounding head (fusion.grounding_dim is 0)')
+        patches = self.context_norm(image_tokens)[:, self.leading_tokens:]
+        return self.grounding(patches, text.pooled.to(patches.dtype))
+
     def task_parameters(self, text: TextFeatures) -> torch.Tensor:
         """Return the task parameters (B, 2) of encoded text (see TASK_PARAMETERS)."""
         if isinstance(self.task_head, TaskHead):
@@ -249,6 +261,18 @@ class VisionLanguageModel(nn.Module):
     def fuse_details(self, image_tokens: torch.Tensor, text: TextFeatures) -> FusionOutput:
         """Return the fused state with its grounding logits and task parameters."""
         return self.fusion.fuse(image_tokens, text)
+
+    def grounding_logits(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """
+        Return the grounding map's logits (B, patches) of uint8 images (B, H, W, 3).
+
+        One instruction per image, through the text cache; gradients reach the vision
+        encoder, projector and grounding head (wrap in `torch.no_grad()` to score).
+        """
+        if len(texts) != images.shape[0]:
+            raise ValueError(f'{images.shape[0]} images but {len(texts)} texts')
+        tokens = self.image_tokens(self.preprocess(images))
+        return self.fusion.grounding_logits(tokens, self.encode_instructions(texts))
 
     # -- text --------------------------------------------------------------------------
 
