@@ -80,10 +80,15 @@ def _stage_args(module, argv: List[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def data_dir(args: argparse.Namespace) -> Path:
+    """Return the run's data directory: `--data`, or `data/` in the output directory."""
+    return Path(args.data) if args.data else Path(args.out) / 'data'
+
+
 def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
     """Return the stages of a run: (name, module, its command-line arguments), in order."""
     out = Path(args.out)
-    data = Path(args.data) if args.data else out / 'data'
+    data = data_dir(args)
     common = ['--seed', str(args.seed), '--threads', str(args.threads)] + \
         (['--quiet'] if args.quiet else [])
     tuning = ['--grounding-labels', args.grounding_labels]
@@ -116,7 +121,7 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data) if args.data else out / 'data'
+    data = data_dir(args)
     stages = plan_stages(args)
     polish = any(name == 'polish' for name, _, _ in stages)
     times = {}
