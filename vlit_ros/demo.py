@@ -61,6 +61,8 @@ DEFAULT_SPEED = 4.0
 VIDEO_FPS = 10
 # Frames the verdict stays on screen after each episode.
 VERDICT_FRAMES = 10
+# After the graph stops, how long to wait for episode ends still on their way (s).
+FINAL_EVENTS_S = 3.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -418,9 +420,15 @@ def run(args: argparse.Namespace) -> int:
         timed_out = time.monotonic() > deadline
         codes = runner.shutdown()
     wall = time.monotonic() - started
-    # The follower's zero command goes out as it stops; give it time to arrive here.
+    # The follower's zero command goes out as it stops, and under load the last episode's
+    # end can trail the task's exit; give both time to arrive here.
     time.sleep(0.5)
     _show_events(monitor, finished, console)
+    drain_until = time.monotonic() + FINAL_EVENTS_S
+    while len(finished) < args.episodes and not interrupted and \
+            time.monotonic() < drain_until:
+        time.sleep(0.1)
+        _show_events(monitor, finished, console)
     last_command = monitor.last_command
     monitor.close()
     if video is not None:

@@ -91,6 +91,8 @@ EPISODE_LAYOUT = 'vlit_ros/episode/1'
 ON_FINISH = ('exit', 'idle')
 # How long the follower may take to acknowledge an instruction (wall s).
 SPEECH_ACK_S = 2.0
+# How long the episode listeners may take to acknowledge the last event before exit (wall s).
+EVENT_ACK_S = 5.0
 
 PARAMETERS = (
     ParameterSpec('scenario', '',
@@ -285,6 +287,10 @@ class TaskNode(Node):
             self.exit_code = 1
         self.report()
         if self._values['on_finish'] == 'exit':
+            # Exiting drops what the listeners have not received yet: the last episode's end.
+            if not self._event_pub.wait_for_all_acked(Duration(seconds=EVENT_ACK_S)):
+                self.get_logger().warning('the vlit/episode listeners did not acknowledge '
+                                          f'the last event within {EVENT_ACK_S:g} s')
             self.finished.set()
 
     def _wait_for_graph(self) -> None:
