@@ -3,8 +3,9 @@
 
 Stage 1 of training (DESIGN.md §4). Image-caption pairs come from gen-data's caption shards
 (simulator views) and/or Visual Genome converted by `gen-data --visual-genome`; each pair
-has a hard negative caption for image-text matching. The text encoder stays frozen (MiniLM
-always is; the built-in encoder, an ablation, trains). The vision encoder, projector, fusion
+has a hard negative caption for image-text matching. MiniLM, the default text encoder,
+stays frozen; the built-in encoder (`--text-encoder builtin`, which the shipped checkpoint
+uses) starts from random weights and trains here too. The vision encoder, projector, fusion
 and pretraining heads learn. A slice of the views is held out and scored at the end:
 image-text matching accuracy, caption-vs-hard-negative preference, retrieval and
 masked-word accuracy, drawn next to the loss curves in `report.png`.

@@ -10,7 +10,7 @@ copies the inference checkpoint (config.json, model.safetensors), the report and
 card into a directory. After DAgger, a `polish` stage clones the expert once more from the
 DAgger result, on the expert data plus every DAgger round at a lower learning rate
 (`--polish-steps`, 0 to skip). Ablations: `--no-pretrain`, `--dagger-rounds 0`,
-`--text-encoder builtin`.
+`--text-encoder minilm` (frozen MiniLM instead of the built-in text encoder).
 """
 
 import argparse
@@ -49,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='training seed (default: 0)')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch CPU threads (default: 0, torch decides)')
-    parser.add_argument('--text-encoder', choices=TEXT_ENCODERS, default='minilm',
-                        help='text encoder (default: minilm)')
+    parser.add_argument('--text-encoder', choices=TEXT_ENCODERS, default='builtin',
+                        help='text encoder (default: builtin, the small Transformer trained '
+                             'with the rest, which the shipped checkpoint uses; minilm: '
+                             'frozen all-MiniLM-L6-v2)')
     parser.add_argument('--no-pretrain', action='store_true',
                         help='ablation: fine-tune from a randomly initialised model')
     parser.add_argument('--grounding-labels', choices=GROUNDING_LABELS, default='coverage',
