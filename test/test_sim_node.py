@@ -61,14 +61,21 @@ class Probe:
         self.node = rclpy.create_node('probe', context=self.context,
                                       namespace=namespace or None)
         self.lock = threading.RLock()
-        self.messages = {name: [] for name in topics}
+        self.messages = {}
+        self.subscriptions = {}
         for name, (msg_type, qos) in topics.items():
-            self.node.create_subscription(msg_type, name,
-                                          lambda msg, name=name: self._store(name, msg), qos)
+            self.subscribe(name, msg_type, qos)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
         self.spinner.start()
+
+    def subscribe(self, name, msg_type, qos):
+        """Record `name` from now on too (a subscription added after the others)."""
+        with self.lock:
+            self.messages[name] = []
+        self.subscriptions[name] = self.node.create_subscription(
+            msg_type, name, lambda msg, name=name: self._store(name, msg), qos)
 
     def _store(self, name, msg):
         with self.lock:
