@@ -128,10 +128,7 @@ class Trainer:
 
     def listen(self, topic, msg_type, qos):
         """Also record `topic` from now on."""
-        with self.probe.lock:
-            self.probe.messages[topic] = []
-        self.probe.node.create_subscription(
-            msg_type, topic, lambda msg: self.probe._store(topic, msg), qos)
+        self.probe.subscribe(topic, msg_type, qos)
 
     def close(self):
         self.probe.close()
