@@ -8,23 +8,13 @@ walls); `turn` and `move` servo on odometry since the instruction; `stop` stops.
 While the target is outside the camera's view (or hidden behind another object), a `goto`
 expert that knew where it was would turn straight toward it, a choice the learner cannot
 copy: it only sees the image. So with `observable_search` (the default) the expert searches
-the way a camera-only robot can, and every choice depends on things the learner has too: the
-image, the odometry since the instruction and the action taken one step before.
-
-- From the start pose it sweeps left until it has turned `_SWEEP_LEFT_DEG`, then right; once
-  the last action was a right turn it goes on turning right. (The last action, not the yaw
-  rate: the yaw rate lags the command, so a learner dithering left-right was labelled with
-  the opposite of what it had just done.) Past `_SWEEP_RIGHT_DEG` the sweep has covered every
-  bearing an object can start at: the target is hidden, and the expert uses what it knows.
-- Once the robot has driven (the target was lost on the way, or the robot went for another
-  object), it turns on the spot until the target is back in view: the way it was already
-  turning, or against the arc it was driving (an arc around an obstacle loses the target on
-  the other side), or left. After a full turn of this the target is hidden and the expert
-  uses what it knows. (Turning straight toward a target out of view, as it did before, asks
-  the learner for a direction it cannot see.)
-
-`note_taken_action` tells the expert what was executed when that was not its own choice
-(DAgger, perturbed data); otherwise it remembers its own.
+the way a camera-only robot can: it sweeps left until it has turned `_SWEEP_LEFT_DEG`, then
+right, keeps turning the way it is already turning, and only falls back to its privileged
+knowledge once the sweep has covered every bearing an object can start at. Every choice
+depends on things the learner has too: the image, the odometry since the instruction and the
+motion so far. A target lost from view while driving (an arc around an obstacle) is turned
+toward directly; it has just been seen. `last_rule` says which rule gave the last action
+(`RULES`), so benchmarks can count how many labels a learner could copy.
 """
 
 import math
@@ -54,15 +44,14 @@ _VIEW_MARGIN_DEG = 4.0
 # every start bearing, and the expert turns toward the target.
 _SWEEP_LEFT_DEG = 95.0
 _SWEEP_RIGHT_DEG = -95.0
-# The distance driven (m) after which a target out of view counts as lost on the way (or
-# never found) rather than not yet looked for.
+# A yaw rate (rad/s) above which the robot counts as turning that way, and the distance
+# driven (m) after which a target out of view counts as lost on the way rather than unseen.
+_TURNING_RADPS = 0.2
 _DRIVEN_M = 0.3
-# A search after driving that has turned this far (deg) without the target coming into view
-# gives up: the target is hidden behind another object.
-_RESEARCH_DEG = 360.0
-# The turn that goes on a search after driving, from the action taken one step before.
-_RESEARCH_TURN = {'turn_left': 'turn_left', 'turn_right': 'turn_right',
-                  'forward_left': 'turn_right', 'forward_right': 'turn_left'}
+# What `last_rule` can say: no goto (odometry servo or stop), at the target, steering with the
+# target in view, the camera-only sweep, and ground truth with the target out of view (lost
+# on the way, or hidden after the sweep: a camera-only learner cannot copy these labels).
+RULES = ('not_goto', 'at_target', 'in_view', 'sweep', 'ground_truth')
 
 
 class ExpertPolicy:
@@ -77,8 +66,7 @@ class ExpertPolicy:
         self._task: Optional[Task] = None
         self._world = None
         self._search_done = False
-        self._last_action = 'stop'
-        self._research_from: Optional[float] = None
+        self.last_rule = 'not_goto'
 
     def reset(self, instruction: str, task: Optional[Task] = None, world=None) -> None:
         if task is None or world is None:
@@ -90,26 +78,15 @@ class ExpertPolicy:
         self._cumulative_yaw = 0.0
         self._last_yaw = 0.0
         self._search_done = False
-        self._last_action = 'stop'
-        # the cumulative yaw where the search after driving began (None: not searching)
-        self._research_from = None
-
-    def note_taken_action(self, action: str) -> None:
-        """Record the action actually executed after the last `act`, if not the expert's."""
-        self._last_action = action
 
     def act(self, obs) -> str:
-        action = self._act(obs)
-        self._last_action = action
-        return action
-
-    def _act(self, obs) -> str:
         if self._task is None:
             raise RuntimeError('call reset() before act()')
         yaw = obs.odom[2]
         self._cumulative_yaw += wrap_angle(yaw - self._last_yaw)
         self._last_yaw = yaw
         task = self._task
+        self.last_rule = 'not_goto'
         if isinstance(task, StopTask):
             return 'stop'
         if isinstance(task, TurnTask):
@@ -142,15 +119,17 @@ class ExpertPolicy:
         target = self._target
         distance = math.hypot(target.x - pose[0], target.y - pose[1])
         if distance <= _GOTO_STOP_DISTANCE:
+            self.last_rule = 'at_target'
             return 'stop'
         tx, ty = to_frame(pose, target.x, target.y)
-        if self.observable_search:
-            if self.target_in_view():
-                self._research_from = None
-            else:
-                search = self._search(odom)
-                if search is not None:
-                    return search
+        self.last_rule = 'ground_truth'
+        if self.target_in_view():
+            self.last_rule = 'in_view'
+        elif self.observable_search:
+            search = self._search(odom)
+            if search is not None:
+                self.last_rule = 'sweep'
+                return search
         bearing = self._clear_heading(pose, math.atan2(ty, tx), distance)
         if abs(bearing) > _TURN_IN_PLACE_ABOVE:
             return 'turn_left' if bearing > 0 else 'turn_right'
@@ -187,27 +166,18 @@ class ExpertPolicy:
 
     def _search(self, odom) -> Optional[str]:
         """Return the camera-only search move while the target is out of view, or None."""
-        driven = math.hypot(odom[0], odom[1]) > _DRIVEN_M
         swept = math.degrees(self._cumulative_yaw)
-        if swept <= _SWEEP_RIGHT_DEG and not driven:
+        if swept <= _SWEEP_RIGHT_DEG:
             # Every start bearing has been in view (the target is hidden behind another
             # object): from now on use what the expert knows.
             self._search_done = True
         if self._search_done:
             return None
-        if driven:
-            return self._search_after_driving()
-        if self._last_action == 'turn_right':
+        if math.hypot(odom[0], odom[1]) > _DRIVEN_M:
+            return None  # lost on the way: it was in view a moment ago
+        if odom[4] < -_TURNING_RADPS:
             return 'turn_right'  # the sweep has turned right: go on
         return 'turn_left' if swept < _SWEEP_LEFT_DEG else 'turn_right'
-
-    def _search_after_driving(self) -> Optional[str]:
-        """Turn on the spot until the target is back in view; None once that has failed."""
-        if self._research_from is None:
-            self._research_from = self._cumulative_yaw
-        if abs(math.degrees(self._cumulative_yaw - self._research_from)) >= _RESEARCH_DEG:
-            return None
-        return _RESEARCH_TURN.get(self._last_action, 'turn_left')
 
     def _clear_heading(self, pose, bearing: float, distance: float) -> float:
         """Return the clear heading (robot frame) closest to `bearing`."""

@@ -114,7 +114,6 @@ def _run_wave(policy: ModelPolicy, slots: List[_Slot], beta: float, rng: random.
                 slot.learner_steps += 1
             if executed != learner:
                 policy.note_taken_action(executed, robot=index)
-            slot.expert.note_taken_action(executed)
             frames[slot.episode].append({
                 'image': image, 'odom': np.asarray(obs.odom, np.float32),
                 'pose': np.asarray(slot.world.pose(), np.float32),

@@ -98,7 +98,6 @@ class RecordingDriver:
         # Render before the world steps: the image must show the state the label is for.
         image = obs.image
         taken = self._chooser(obs, label)
-        self.expert.note_taken_action(taken)
         self._buffer.add(image=image, odom=np.asarray(obs.odom, np.float32),
                          pose=np.asarray(self._world.pose(), np.float32),
                          yaw_total=self._yaw_total, t=obs.t,
