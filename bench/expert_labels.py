@@ -73,8 +73,6 @@ def main(argv=None) -> int:
     parser.add_argument('--seed', type=int, default=7000)
     args = parser.parse_args(argv)
     try:
-        if args.episodes < 1:
-            raise ValueError(f'--episodes must be at least 1, got {args.episodes}')
         figures = label_statistics(ModelPolicy.from_checkpoint(args.checkpoint),
                                    args.episodes, args.seed)
     except ValueError as exc:

@@ -50,7 +50,8 @@ _TURNING_RADPS = 0.2
 _DRIVEN_M = 0.3
 # What `last_rule` can say: no goto (odometry servo or stop), at the target, steering with the
 # target in view, the camera-only sweep, and ground truth with the target out of view (lost
-# on the way, or hidden after the sweep: a camera-only learner cannot copy these labels).
+# on the way, or hidden after the sweep: a camera-only learner cannot copy these labels; an
+# expert without `observable_search` always steers by ground truth).
 RULES = ('not_goto', 'at_target', 'in_view', 'sweep', 'ground_truth')
 
 
@@ -123,13 +124,14 @@ class ExpertPolicy:
             return 'stop'
         tx, ty = to_frame(pose, target.x, target.y)
         self.last_rule = 'ground_truth'
-        if self.target_in_view():
-            self.last_rule = 'in_view'
-        elif self.observable_search:
-            search = self._search(odom)
-            if search is not None:
-                self.last_rule = 'sweep'
-                return search
+        if self.observable_search:
+            if self.target_in_view():
+                self.last_rule = 'in_view'
+            else:
+                search = self._search(odom)
+                if search is not None:
+                    self.last_rule = 'sweep'
+                    return search
         bearing = self._clear_heading(pose, math.atan2(ty, tx), distance)
         if abs(bearing) > _TURN_IN_PLACE_ABOVE:
             return 'turn_left' if bearing > 0 else 'turn_right'
