@@ -15,9 +15,8 @@ import cv2
 import numpy as np
 
 from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
-from vlit_ros.sim.scene import ObjectSpec, Scene, SHAPES
-from vlit_ros.sim.tasks import COLOR_WORDS, goto_instruction, GOTO_TEMPLATES, GotoTask, \
-    MoveTask, SHAPE_WORDS, task_from_dict, TurnTask
+from vlit_ros.sim.scene import Scene
+from vlit_ros.sim.tasks import goto_instruction, GotoTask, MoveTask, task_from_dict, TurnTask
 from vlit_ros.training.captions import image_box, visible_objects
 from vlit_ros.training.shards import iter_shards, read_shard
 
@@ -158,12 +157,6 @@ def object_boxes(scene: Scene, target, poses: np.ndarray) -> np.ndarray:
 
 # Frames in a row that share one relabelled grounding query (see `grounding_queries`).
 QUERY_SPAN = 10
-# Close-up shape negatives (see `grounding_queries`): the share of a goto episode's query
-# runs, among those where the named object is near, that ask about its colour with another
-# shape, and how wide (image fraction, over the run's frames) "near" is: 0.1 is about 2 m
-# away, where the object is some 13 pixels wide and its shape plain to see.
-SHAPE_NEGATIVE_SHARE = 0.5
-SHAPE_NEGATIVE_MIN_WIDTH = 0.1
 
 
 def grounding_queries(episode: dict, poses: np.ndarray) -> Tuple[List[str], np.ndarray]:
@@ -176,55 +169,20 @@ def grounding_queries(episode: dict, poses: np.ndarray) -> Tuple[List[str], np.n
     (`goto_instruction`: training templates and referring expressions), and labelled with its
     box in each image (`object_boxes`). Expert data alone never shows the robot close to an
     object it was not sent to, so without these queries the map learns "a large object ahead
-    is the target" and says so of the wrong object.
-
-    Close-up shape negatives: in a goto episode, a run whose frames show the named object
-    near (`SHAPE_NEGATIVE_MIN_WIDTH`) asks instead, with probability `SHAPE_NEGATIVE_SHARE`,
-    about its colour with another shape (`shape_negative_query`). Rollouts stopped at a blue
-    sphere for "the blue cube" with the map at 0.7-0.96: a map that answers the colour alone
-    sends the robot to the nearer object of that colour. Only near ones: far away a shape is
-    a few pixels, and "not that one" of a far blob contradicts the instruction's own label
-    (such negatives in half of all goto runs made the learner much worse). Deterministic per
-    episode.
+    is the target" and says so of the wrong object. Deterministic per episode.
     """
     scene = Scene.generate(episode['seed'])
     rng = random.Random(f"{episode['seed']}:{episode['first_frame']}:{episode['text']}")
-    task = task_from_dict(episode['task'])
-    named = task.target(scene) if isinstance(task, GotoTask) else None
-    named_boxes = object_boxes(scene, named, poses) if named is not None else None
     frames = poses.shape[0]
     texts: List[str] = []
     boxes = np.zeros((frames, 4), np.float32)
     for start in range(0, frames, QUERY_SPAN):
         span = slice(start, min(start + QUERY_SPAN, frames))
-        target: Optional[ObjectSpec]
-        if named_boxes is not None and \
-                float(np.mean(named_boxes[span, 1] - named_boxes[span, 0])) >= \
-                SHAPE_NEGATIVE_MIN_WIDTH and rng.random() < SHAPE_NEGATIVE_SHARE:
-            text, target = shape_negative_query(named, scene, rng)
-        else:
-            target = scene.objects[rng.randrange(len(scene.objects))]
-            text = goto_instruction(target, scene, rng).text
-        if target is not None:
-            boxes[span] = object_boxes(scene, target, poses[span])
+        target = scene.objects[rng.randrange(len(scene.objects))]
+        text = goto_instruction(target, scene, rng).text
+        boxes[span] = object_boxes(scene, target, poses[span])
         texts += [text] * (span.stop - span.start)
     return texts, boxes
-
-
-def shape_negative_query(named: ObjectSpec, scene: Scene, rng: random.Random
-                         ) -> Tuple[str, Optional[ObjectSpec]]:
-    """
-    Return (text, object or None): a goto phrasing of `named`'s colour with another shape.
-
-    The object of the scene that is so, named unambiguously, or, where the scene has none, a
-    phrasing of the colour and shape (`None`: it is nowhere in the images).
-    """
-    shape = rng.choice([s for s in SHAPES if s != named.shape])
-    found = scene.find(color=named.color, shape=shape)
-    if found:
-        return goto_instruction(found[0], scene, rng).text, found[0]
-    ref = f'{rng.choice(COLOR_WORDS[named.color])} {rng.choice(SHAPE_WORDS[shape])}'
-    return rng.choice(GOTO_TEMPLATES).format(ref=ref), None
 
 
 GROUNDING_LABELS = ('coverage', 'presence')
