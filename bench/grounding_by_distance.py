@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlit_ros.core.model import load_checkpoint, VLITModel
-from vlit_ros.policies import default_checkpoint
+from vlit_ros.core.model import VLITModel
+from vlit_ros.policies import load_grounding_model
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training.datasets import AUXILIARY_TARGETS, grounding_labels, TrajectorySet
 
@@ -108,11 +108,10 @@ def main(argv=None) -> int:
     if args.frames < 1:
         parser.error(f'--frames must be at least 1, got {args.frames}')
     torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint or default_checkpoint()
-    model = load_checkpoint(checkpoint).eval()
-    if not isinstance(model, VLITModel) or model.vlm.fusion.grounding is None:
-        print(f'error: {checkpoint} has no grounding map (a fine-tuned VLITModel has one)',
-              file=sys.stderr)
+    try:
+        model, checkpoint = load_grounding_model(args.checkpoint)
+    except ValueError as exc:
+        print(f'error: {exc}', file=sys.stderr)
         return 2
     height, width = model.config.vision.image_height, model.config.vision.image_width
     data = TrajectorySet.load([Path(args.data)], FAMILIES, model.start_action,

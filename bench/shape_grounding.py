@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlit_ros.core.model import load_checkpoint, VLITModel
-from vlit_ros.policies import default_checkpoint
+from vlit_ros.core.model import VLITModel
+from vlit_ros.policies import load_grounding_model
 from vlit_ros.sim.scene import COLORS, ObjectSpec, Scene, SHAPES
 from vlit_ros.sim.world import World
 from vlit_ros.training.captions import image_box
@@ -177,11 +177,10 @@ def main(argv=None) -> int:
         print(f'error: --scenes must be at least 1, got {args.scenes}', file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint or default_checkpoint()
-    model = load_checkpoint(checkpoint).eval()
-    if not isinstance(model, VLITModel) or model.vlm.fusion.grounding is None:
-        print(f'error: {checkpoint} has no grounding map (a fine-tuned VLITModel has one)',
-              file=sys.stderr)
+    try:
+        model, checkpoint = load_grounding_model(args.checkpoint)
+    except ValueError as exc:
+        print(f'error: {exc}', file=sys.stderr)
         return 2
     views = collect_views(range(args.seed, args.seed + args.scenes), DISTANCES,
                           not args.quiet)

@@ -71,6 +71,21 @@ def default_checkpoint() -> str:
     return str(DEFAULT_CHECKPOINT)
 
 
+def load_grounding_model(checkpoint: Optional[str] = None):
+    """
+    Return (model in eval mode, its directory) of a checkpoint with a grounding map.
+
+    The shipped checkpoint when none is given; a ValueError when the checkpoint is not a
+    fine-tuned VLITModel with a grounding head (the map's probes need one).
+    """
+    from vlit_ros.core.model import load_checkpoint, VLITModel
+    checkpoint = checkpoint or default_checkpoint()
+    model = load_checkpoint(checkpoint).eval()
+    if not isinstance(model, VLITModel) or model.vlm.fusion.grounding is None:
+        raise ValueError(f'{checkpoint} has no grounding map (a fine-tuned VLITModel has one)')
+    return model, str(checkpoint)
+
+
 def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu',
                 seed: Optional[int] = None):
     """Return a policy object for a `--policy` value."""
