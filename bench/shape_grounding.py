@@ -19,6 +19,11 @@ each question, how often it is 0.5 or more, and how often the own name scores ab
 wrong one (50% is chance). The map is trained on coverage labels, so a far object's patches
 are labelled by the share of them it covers (about 0.15 at 3 m): far away, compare the
 questions with one another rather than with 0.5.
+
+`--features` also asks whether the image features hold shape at all: a linear classifier of
+each view's object (shape, and colour for comparison), trained on the features of the
+object's patches in the views of the first three quarters of the scenes and scored on the
+rest, for the vision encoder's output and for the projector's (what the map reads).
 """
 
 import argparse
@@ -162,6 +167,60 @@ def format_table(summary: Dict, title: str) -> str:
     return '\n'.join(lines)
 
 
+def object_features(model: VLITModel, views: List[Dict], batch: int = 64
+                    ) -> Dict[str, torch.Tensor]:
+    """Return per view the mean vision-encoder and projector features of the object's patches."""
+    vlm = model.vlm
+    out: Dict[str, List[torch.Tensor]] = {'vision encoder': [], 'projector': []}
+    with torch.no_grad():
+        for start in range(0, len(views), batch):
+            chunk = views[start:start + batch]
+            vision = vlm.vision(vlm.preprocess(torch.from_numpy(
+                np.stack([v['image'] for v in chunk]))))[:, vlm.vision.leading_tokens:]
+            weights = torch.from_numpy(grounding_labels(
+                np.array([v['box'] for v in chunk], np.float32), vlm.vision.grid, 'presence'))
+            weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-6)
+            out['vision encoder'].append(torch.einsum('bn,bnd->bd', weights, vision.float()))
+            out['projector'].append(torch.einsum(
+                'bn,bnd->bd', weights, vlm.projector(vision).float()))
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def linear_probe(features: torch.Tensor, labels: torch.Tensor, train: torch.Tensor,
+                 classes: int, steps: int = 500) -> float:
+    """Return the held-out accuracy of a linear classifier trained on the `train` rows."""
+    generator = torch.Generator().manual_seed(0)
+    mean, std = features[train].mean(0), features[train].std(0) + 1e-6
+    x = (features - mean) / std
+    layer = torch.nn.Linear(x.shape[1], classes)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.01)
+        layer.bias.zero_()
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-2, weight_decay=1e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(layer(x[train]), labels[train]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float((layer(x[~train]).argmax(1) == labels[~train]).float().mean())
+
+
+def feature_probe(model: VLITModel, views: List[Dict]) -> Dict:
+    """Held-out shape and colour accuracy of linear classifiers on the object's features."""
+    seeds = sorted({v['seed'] for v in views})
+    cut = seeds[max(1, (3 * len(seeds)) // 4) - 1]
+    train = torch.tensor([v['seed'] <= cut for v in views])
+    if train.all() or not train.any():
+        raise ValueError('the feature probe needs views of at least two scenes')
+    shape = torch.tensor([SHAPES.index(v['object'].split('_', 1)[1]) for v in views])
+    colour = torch.tensor([list(COLORS).index(v['object'].split('_', 1)[0]) for v in views])
+    result = {'train_views': int(train.sum()), 'test_views': int((~train).sum())}
+    for name, features in object_features(model, views).items():
+        result[name] = {'shape': round(linear_probe(features, shape, train, len(SHAPES)), 4),
+                        'colour': round(linear_probe(features, colour, train, len(COLORS)), 4)}
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[1].strip())
     parser.add_argument('--checkpoint', default=None,
@@ -170,6 +229,9 @@ def main(argv=None) -> int:
     parser.add_argument('--seed', type=int, default=700000,
                         help='first scene seed (default: 700000, an evaluation seed)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default: 1)')
+    parser.add_argument('--features', action='store_true',
+                        help='also train linear shape and colour classifiers on the image '
+                             'features of the objects (does the encoder see shape at all?)')
     parser.add_argument('--json', default=None, metavar='OUT.json')
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
@@ -188,6 +250,19 @@ def main(argv=None) -> int:
     summary.update({'checkpoint': str(checkpoint), 'seed': args.seed, 'scenes': args.scenes})
     print(format_table(summary, f'grounding map of {checkpoint}, objects of scenes '
                                 f'{args.seed}-{args.seed + args.scenes - 1} seen face on'))
+    if args.features:
+        try:
+            probe = feature_probe(model, views)
+        except ValueError as exc:
+            print(f'error: {exc}', file=sys.stderr)
+            return 2
+        summary['features'] = probe
+        print(f'\nlinear classifiers of the object from its patch features, held-out accuracy '
+              f'({probe["train_views"]} training views, {probe["test_views"]} held out; '
+              f'chance: shape {1 / len(SHAPES):.0%}, colour {1 / len(COLORS):.0%}):')
+        for name in ('vision encoder', 'projector'):
+            print(f'  {name}: shape {probe[name]["shape"]:.1%}, colour '
+                  f'{probe[name]["colour"]:.1%}')
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + '\n')
     return 0

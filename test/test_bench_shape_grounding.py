@@ -66,3 +66,14 @@ def test_probe_refuses_a_checkpoint_without_a_grounding_map(tmp_path, capsys):
     script = load_bench_script('shape_grounding')
     assert script.main(['--checkpoint', str(tmp_path / 'missing')]) == 2
     assert 'error:' in capsys.readouterr().err
+
+
+def test_feature_probe_classifies_colour_from_the_image_features():
+    script = load_bench_script('shape_grounding')
+    views = script.collect_views(range(700000, 700004), (1.0,), progress=False)
+    probe = script.feature_probe(load_checkpoint(SHIPPED).eval(), views)
+    assert probe['train_views'] > 0 and probe['test_views'] > 0
+    for name in ('vision encoder', 'projector'):
+        assert 0.0 <= probe[name]['shape'] <= 1.0
+        # colour is plain in the features of the object's patches
+        assert probe[name]['colour'] >= 0.6, probe
