@@ -114,18 +114,26 @@ def _overlaps(box, other) -> bool:
         other[2] < box[3] and box[2] < other[3]
 
 
+def object_patches(views: List[Dict], grid: Tuple[int, int]) -> np.ndarray:
+    """Return (views, patches): how much of each patch each view's object box fills."""
+    return grounding_labels(np.array([v['box'] for v in views], np.float32), grid,
+                            'presence')
+
+
 def answers(model: VLITModel, views: List[Dict], batch: int = 64) -> np.ndarray:
     """Return (views, questions): the map's highest probability on the object's patches."""
-    grid = model.vlm.vision.grid
+    vlm = model.vlm
     out = np.zeros((len(views), len(QUESTIONS)), np.float32)
     with torch.no_grad():
         for start in range(0, len(views), batch):
             chunk = views[start:start + batch]
-            images = torch.from_numpy(np.stack([v['image'] for v in chunk]))
-            touched = grounding_labels(np.array([v['box'] for v in chunk], np.float32),
-                                       grid, 'presence') > 0.0
+            # The images are encoded once; only the question changes.
+            tokens = vlm.image_tokens(vlm.preprocess(torch.from_numpy(
+                np.stack([v['image'] for v in chunk]))))
+            touched = object_patches(chunk, vlm.vision.grid) > 0.0
             for q in range(len(QUESTIONS)):
-                logits = model.vlm.grounding_logits(images, [v['texts'][q] for v in chunk])
+                logits = vlm.fusion.grounding_logits(
+                    tokens, vlm.encode_instructions([v['texts'][q] for v in chunk]))
                 probabilities = torch.sigmoid(logits.float()).numpy()
                 out[start:start + len(chunk), q] = np.where(touched, probabilities, 0.0).max(-1)
     return out
@@ -177,8 +185,7 @@ def object_features(model: VLITModel, views: List[Dict], batch: int = 64
             chunk = views[start:start + batch]
             vision = vlm.vision(vlm.preprocess(torch.from_numpy(
                 np.stack([v['image'] for v in chunk]))))[:, vlm.vision.leading_tokens:]
-            weights = torch.from_numpy(grounding_labels(
-                np.array([v['box'] for v in chunk], np.float32), vlm.vision.grid, 'presence'))
+            weights = torch.from_numpy(object_patches(chunk, vlm.vision.grid))
             weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-6)
             out['vision encoder'].append(torch.einsum('bn,bnd->bd', weights, vision.float()))
             out['projector'].append(torch.einsum(
@@ -208,10 +215,10 @@ def linear_probe(features: torch.Tensor, labels: torch.Tensor, train: torch.Tens
 def feature_probe(model: VLITModel, views: List[Dict]) -> Dict:
     """Held-out shape and colour accuracy of linear classifiers on the object's features."""
     seeds = sorted({v['seed'] for v in views})
+    if len(seeds) < 2:
+        raise ValueError('the feature probe needs views of at least two scenes')
     cut = seeds[max(1, (3 * len(seeds)) // 4) - 1]
     train = torch.tensor([v['seed'] <= cut for v in views])
-    if train.all() or not train.any():
-        raise ValueError('the feature probe needs views of at least two scenes')
     shape = torch.tensor([SHAPES.index(v['object'].split('_', 1)[1]) for v in views])
     colour = torch.tensor([list(COLORS).index(v['object'].split('_', 1)[0]) for v in views])
     result = {'train_views': int(train.sum()), 'test_views': int((~train).sum())}

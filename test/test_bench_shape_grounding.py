@@ -62,7 +62,7 @@ def test_probe_rejects_no_scenes(capsys):
     assert '--scenes must be at least 1' in capsys.readouterr().err
 
 
-def test_probe_refuses_a_checkpoint_without_a_grounding_map(tmp_path, capsys):
+def test_probe_refuses_a_checkpoint_it_cannot_load(tmp_path, capsys):
     script = load_bench_script('shape_grounding')
     assert script.main(['--checkpoint', str(tmp_path / 'missing')]) == 2
     assert 'error:' in capsys.readouterr().err
