@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 
 from vlit_ros.sim.episode import TRAINING_SEED_BASE
-from vlit_ros.sim.scene import COLORS, ObjectSpec, Scene
+from vlit_ros.sim.scene import COLORS, MAX_OBJECTS, ObjectSpec, Scene
 from vlit_ros.sim.tasks import FAMILIES, GOTO_TEMPLATES, load_instructions, SHAPE_WORDS
 from vlit_ros.sim.world import World
 from vlit_ros.training import captions
 from vlit_ros.training.datagen import GenDataConfig, generate
-from vlit_ros.training.datasets import (concatenate_releasing, grounding_labels,
+from vlit_ros.training.datasets import (ATTRIBUTE_CLASSES, attribute_class, concatenate_releasing,
+                                        grounding_labels, IGNORE_LABEL, patch_attribute_labels,
+                                        scene_object_boxes,
                                         grounding_queries, NO_BOX, object_boxes, QUERY_SPAN,
                                         target_boxes)
 from vlit_ros.training.phrasings import (training_instruction, unseen_goto_instructions,
@@ -168,9 +170,10 @@ def test_relabelled_grounding_queries_name_other_objects_with_their_own_boxes():
                             np.full((60, 1), heading)], 1).astype(np.float32)
     episode = {'seed': scene.seed, 'first_frame': 0, 'text': 'go to the thing',
                'task': {'type': 'goto', 'color': target.color, 'shape': target.shape}}
-    texts, boxes = grounding_queries(episode, poses)
+    texts, boxes, classes = grounding_queries(episode, poses)
     again = grounding_queries(episode, poses)
-    assert texts == again[0] and np.array_equal(boxes, again[1])
+    assert texts == again[0] and np.array_equal(boxes, again[1]) and \
+        np.array_equal(classes, again[2])
     assert len(texts) == 60 and boxes.shape == (60, 4)
     named = set()
     for start_row in range(0, 60, QUERY_SPAN):
@@ -184,6 +187,8 @@ def test_relabelled_grounding_queries_name_other_objects_with_their_own_boxes():
                    and (o.color in text or o.color == 'purple' and 'violet' in text or
                         any(word in text.split() for word in SHAPE_WORDS[o.shape]))]
         assert matches, text
+        # the query's attribute class is the named object's
+        assert set(classes[span]) == {attribute_class(matches[0])}
         named.update(o.name for o in matches)
     # Other objects are asked about too, so close to the target some views are negatives for
     # the query while the target fills the view.
@@ -271,3 +276,48 @@ def test_training_instructions_never_use_unseen_phrasings():
     assert not any(uses_template(t, u) for t in texts for u in UNSEEN_GOTO_TEMPLATES)
     unseen = {i.text for i in unseen_goto_instructions()}
     assert not texts & unseen
+
+
+def test_attribute_classes_name_each_colour_and_shape_pair_once():
+    from vlit_ros.sim.scene import SHAPES
+    kinds = {attribute_class(ObjectSpec(shape, color, 0.0, 0.0, 0.2))
+             for color in COLORS for shape in SHAPES}
+    assert kinds == set(range(1, ATTRIBUTE_CLASSES))
+
+
+def test_scene_object_boxes_order_objects_farthest_first_and_label_patches():
+    scene = Scene.generate(TRAINING_SEED_BASE + 11)
+    pose = np.array([[scene.robot_x, scene.robot_y, scene.robot_yaw]], np.float32)
+    boxes, classes = scene_object_boxes(scene, pose)
+    assert boxes.shape == (1, MAX_OBJECTS, 4) and classes.shape == (1, MAX_OBJECTS)
+    seen = [(o, object_boxes(scene, o, pose)[0]) for o in scene.objects]
+    seen = [(o, box) for o, box in seen if box.any()]
+    assert seen, 'the start view should show an object'
+    assert int((classes[0] > 0).sum()) == len(seen)
+    # each visible object's own box, with its class, farthest first; empty slots after
+    by_class = {attribute_class(o): box for o, box in seen}
+    distances = []
+    for slot in range(len(seen)):
+        assert np.allclose(boxes[0, slot], by_class[int(classes[0, slot])])
+        obj = next(o for o in scene.objects if attribute_class(o) == classes[0, slot])
+        distances.append(math.hypot(obj.x - pose[0, 0], obj.y - pose[0, 1]))
+    assert distances == sorted(distances, reverse=True)
+    assert not boxes[0, len(seen):].any() and not classes[0, len(seen):].any()
+    labels = patch_attribute_labels(boxes, classes, (6, 8))
+    assert labels.shape == (1, 48)
+    assert set(np.unique(labels)) <= {IGNORE_LABEL, 0} | set(by_class)
+    assert (labels > 0).any() and (labels == 0).any()
+
+
+def test_patch_attribute_labels_give_the_nearer_object_and_ignore_slivers():
+    grid = (2, 2)
+    # slot 0 (farther) covers the left half; slot 1 (nearer) the top-left patch only, and a
+    # sliver of the top-right patch
+    boxes = np.array([[[0.0, 0.5, 0.0, 1.0], [0.0, 0.6, 0.0, 0.5]]], np.float32)
+    classes = np.array([[3, 7]])
+    labels = patch_attribute_labels(boxes, classes, grid)
+    # patches row by row: top-left, top-right, bottom-left, bottom-right
+    assert labels.tolist() == [[7, IGNORE_LABEL, 3, 0]]
+    # an empty slot (class 0) labels nothing, whatever its box
+    empty = patch_attribute_labels(boxes, np.array([[0, 0]]), grid)
+    assert empty.tolist() == [[0, 0, 0, 0]]

@@ -34,7 +34,7 @@ _OBJECT_MAX_DISTANCE = 5.0
 _OBJECT_MAX_BEARING = math.radians(75.0)
 _OBJECT_MIN_SEPARATION = 1.2
 _WALL_MARGIN = 0.7
-_MIN_OBJECTS, _MAX_OBJECTS = 3, 6
+_MIN_OBJECTS, MAX_OBJECTS = 3, 6
 
 
 def validate_color(color: str) -> str:
@@ -188,13 +188,13 @@ class Scene:
     def generate(cls, seed: int, num_objects: Optional[int] = None,
                  robot: Optional[RobotSpec] = None) -> 'Scene':
         """Build a random scene, deterministic for a seed."""
-        if num_objects is not None and not _MIN_OBJECTS <= num_objects <= _MAX_OBJECTS:
-            raise ValueError(f'num_objects must be in [{_MIN_OBJECTS}, {_MAX_OBJECTS}], '
+        if num_objects is not None and not _MIN_OBJECTS <= num_objects <= MAX_OBJECTS:
+            raise ValueError(f'num_objects must be in [{_MIN_OBJECTS}, {MAX_OBJECTS}], '
                              f'got {num_objects}')
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x5CE7E])
         arena = 8.0
         limit = arena / 2.0 - _WALL_MARGIN
-        count = int(num_objects or rng.integers(_MIN_OBJECTS, _MAX_OBJECTS + 1))
+        count = int(num_objects or rng.integers(_MIN_OBJECTS, MAX_OBJECTS + 1))
         rx, ry = rng.uniform(-_ROBOT_START_HALF_RANGE, _ROBOT_START_HALF_RANGE, size=2)
         ryaw = float(rng.uniform(-math.pi, math.pi))
         combos = [(c, s) for c in COLORS for s in SHAPES]

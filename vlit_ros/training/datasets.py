@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
-from vlit_ros.sim.scene import Scene
+from vlit_ros.sim.scene import COLORS, MAX_OBJECTS, ObjectSpec, Scene, SHAPES
 from vlit_ros.sim.tasks import goto_instruction, GotoTask, MoveTask, task_from_dict, TurnTask
 from vlit_ros.training.captions import image_box, visible_objects
 from vlit_ros.training.shards import iter_shards, read_shard
@@ -155,13 +155,63 @@ def object_boxes(scene: Scene, target, poses: np.ndarray) -> np.ndarray:
     return boxes
 
 
+# Attribute classes of the training-only attribute heads (see `attribute_class`).
+ATTRIBUTE_CLASSES = 1 + len(COLORS) * len(SHAPES)
+# Patches whose largest object presence lies between these are left out of the per-patch
+# attribute loss: they hold a sliver of an object, neither clearly it nor clearly empty.
+_EMPTY_PRESENCE, _OBJECT_PRESENCE = 0.05, 0.5
+# The ignored label of `patch_attribute_labels` (torch's cross-entropy default).
+IGNORE_LABEL = -100
+
+
+def attribute_class(obj: ObjectSpec) -> int:
+    """Return an object's attribute class: 1 + its (colour, shape) pair's index; 0 is none."""
+    return 1 + list(COLORS).index(obj.color) * len(SHAPES) + SHAPES.index(obj.shape)
+
+
+def scene_object_boxes(scene: Scene, poses: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Return the boxes (frames, MAX_OBJECTS, 4) and attribute classes (frames, MAX_OBJECTS) of
+    every object of `scene` in the image seen from each pose.
+
+    Per frame the objects are ordered farthest first, so a nearer object comes later and
+    wins a patch both cover; `NO_BOX` and class 0 fill the slots of objects out of view,
+    hidden whole behind a nearer one (as `object_boxes`), or absent from the scene.
+    """
+    if len(scene.objects) > MAX_OBJECTS:
+        raise ValueError(f'scene {scene.seed} has {len(scene.objects)} objects; attribute '
+                         f'labels hold at most {MAX_OBJECTS}')
+    frames = poses.shape[0]
+    boxes = np.zeros((frames, MAX_OBJECTS, 4), np.float32)
+    classes = np.zeros((frames, MAX_OBJECTS), np.int64)
+    kinds = [attribute_class(o) for o in scene.objects]
+    for row, pose in enumerate(poses):
+        pose = tuple(float(p) for p in pose)
+        seen = []
+        for obj, kind in zip(scene.objects, kinds):
+            box = image_box(scene, pose, obj)
+            if box is not None:
+                seen.append((math.hypot(obj.x - pose[0], obj.y - pose[1]), box, kind))
+        seen.sort(key=lambda item: -item[0])
+        slot = 0
+        for index, (distance, box, kind) in enumerate(seen):
+            if any(cover[0] <= box[0] and cover[1] >= box[1] and cover[2] <= box[2] and
+                   cover[3] >= box[3] for near, cover, _ in seen[index + 1:] if near < distance):
+                continue
+            boxes[row, slot], classes[row, slot] = box, kind
+            slot += 1
+    return boxes, classes
+
+
 # Frames in a row that share one relabelled grounding query (see `grounding_queries`).
 QUERY_SPAN = 10
 
 
-def grounding_queries(episode: dict, poses: np.ndarray) -> Tuple[List[str], np.ndarray]:
+def grounding_queries(episode: dict, poses: np.ndarray
+                      ) -> Tuple[List[str], np.ndarray, np.ndarray]:
     """
-    Return (texts per frame, boxes (frames, 4)): a second, relabelled grounding query.
+    Return (texts per frame, boxes (frames, 4), attribute classes (frames,)): a second,
+    relabelled grounding query and the class of the object it names.
 
     Every frame of every family shows a scene, so it can teach the grounding map about any
     object in it, not only the one its instruction names: for each run of `QUERY_SPAN`
@@ -176,13 +226,15 @@ def grounding_queries(episode: dict, poses: np.ndarray) -> Tuple[List[str], np.n
     frames = poses.shape[0]
     texts: List[str] = []
     boxes = np.zeros((frames, 4), np.float32)
+    classes = np.zeros(frames, np.int64)
     for start in range(0, frames, QUERY_SPAN):
         span = slice(start, min(start + QUERY_SPAN, frames))
         target = scene.objects[rng.randrange(len(scene.objects))]
         text = goto_instruction(target, scene, rng).text
         boxes[span] = object_boxes(scene, target, poses[span])
+        classes[span] = attribute_class(target)
         texts += [text] * (span.stop - span.start)
-    return texts, boxes
+    return texts, boxes, classes
 
 
 GROUNDING_LABELS = ('coverage', 'presence')
@@ -217,6 +269,29 @@ def grounding_labels(boxes: np.ndarray, grid: Tuple[int, int],
     across = overlap(boxes[:, 0], boxes[:, 1], cols)
     down = overlap(boxes[:, 2], boxes[:, 3], rows)
     return (down[:, :, None] * across[:, None, :]).reshape(len(boxes), rows * cols)
+
+
+def patch_attribute_labels(boxes: np.ndarray, classes: np.ndarray,
+                           grid: Tuple[int, int]) -> np.ndarray:
+    """
+    Return (B, rows * cols) attribute classes per patch of `scene_object_boxes` output.
+
+    A patch takes the class of the nearest object whose presence (`grounding_labels`) on it
+    is at least one half, 0 where every object's presence is under 0.05, and
+    `IGNORE_LABEL` in between.
+    """
+    batch, slots = classes.shape
+    labels = np.zeros((batch, grid[0] * grid[1]), np.int64)
+    sliver = np.zeros(labels.shape, bool)
+    for slot in range(slots):
+        present = classes[:, slot] > 0
+        if not present.any():
+            continue
+        presence = grounding_labels(boxes[:, slot], grid, 'presence') * present[:, None]
+        owned = presence >= _OBJECT_PRESENCE
+        labels = np.where(owned, classes[:, slot, None], labels)
+        sliver |= (presence > _EMPTY_PRESENCE) & ~owned
+    return np.where(sliver & (labels == 0), IGNORE_LABEL, labels)
 
 
 def concatenate_releasing(parts: List[np.ndarray]) -> np.ndarray:
@@ -269,6 +344,9 @@ class TrajectorySet:
     query_texts: List[str]
     query_text_index: np.ndarray
     query_box: np.ndarray
+    query_class: np.ndarray
+    object_box: np.ndarray
+    object_class: np.ndarray
 
     def __len__(self) -> int:
         return int(self.text_index.shape[0])
@@ -281,7 +359,8 @@ class TrajectorySet:
         text_ids: Dict[str, int] = {}
         query_ids: Dict[str, int] = {}
         text_index, prev, family, auxiliary, auxiliary_mask, boxes = [], [], [], [], [], []
-        query_index, query_boxes = [], []
+        query_index, query_boxes, query_classes, object_boxes_, object_classes = \
+            [], [], [], [], []
         for arrays, meta in shards:
             frames = arrays['step'].shape[0]
             if frames == 0:
@@ -293,17 +372,26 @@ class TrajectorySet:
             box = np.zeros((frames, 4), np.float32)
             query = np.zeros(frames, np.int64)
             query_box = np.zeros((frames, 4), np.float32)
+            query_class = np.zeros(frames, np.int64)
+            scene_boxes = np.zeros((frames, MAX_OBJECTS, 4), np.float32)
+            scene_classes = np.zeros((frames, MAX_OBJECTS), np.int64)
             for episode in meta['episodes']:
                 span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
                 per_frame_text[span] = text_ids.setdefault(episode['text'], len(text_ids))
                 per_frame_family[span] = families.index(episode['family'])
                 targets[span], mask[span] = auxiliary_targets(episode, arrays['pose'][span])
                 box[span] = target_boxes(episode, arrays['pose'][span])
-                texts, query_box[span] = grounding_queries(episode, arrays['pose'][span])
+                texts, query_box[span], query_class[span] = grounding_queries(
+                    episode, arrays['pose'][span])
                 query[span] = [query_ids.setdefault(text, len(query_ids)) for text in texts]
+                scene_boxes[span], scene_classes[span] = scene_object_boxes(
+                    Scene.generate(episode['seed']), arrays['pose'][span])
             boxes.append(box)
             query_index.append(query)
             query_boxes.append(query_box)
+            query_classes.append(query_class)
+            object_boxes_.append(scene_boxes)
+            object_classes.append(scene_classes)
             auxiliary.append(targets)
             auxiliary_mask.append(mask)
             taken = arrays['taken_action']
@@ -320,7 +408,9 @@ class TrajectorySet:
                    np.concatenate(text_index), np.concatenate(prev).astype(np.int64),
                    np.concatenate(family), tuple(families), np.concatenate(auxiliary),
                    np.concatenate(auxiliary_mask), np.concatenate(boxes), list(query_ids),
-                   np.concatenate(query_index), np.concatenate(query_boxes))
+                   np.concatenate(query_index), np.concatenate(query_boxes),
+                   np.concatenate(query_classes), np.concatenate(object_boxes_),
+                   np.concatenate(object_classes))
 
     @classmethod
     def load(cls, roots: Iterable[Path], families: Sequence[str], start_action: int,

@@ -59,7 +59,8 @@ from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training import loop
 from vlit_ros.training.datagen import FAMILY_PLAN
-from vlit_ros.training.datasets import (AUXILIARY_TARGETS, GROUNDING_LABELS, grounding_labels,
+from vlit_ros.training.datasets import (ATTRIBUTE_CLASSES, AUXILIARY_TARGETS, GROUNDING_LABELS,
+                                        grounding_labels, IGNORE_LABEL, patch_attribute_labels,
                                         TrajectorySet)
 from vlit_ros.training.phrasings import training_instruction
 from vlit_ros.training.presets import model_config, PRESETS, TEXT_ENCODERS
@@ -171,13 +172,36 @@ class FamilyBatches:
                 'target_box': self.data.target_box[rows],
                 'query_texts': self.data.query_texts,
                 'query_text_index': self.data.query_text_index[rows],
-                'query_box': self.data.query_box[rows]}
+                'query_box': self.data.query_box[rows],
+                'query_class': self.data.query_class[rows],
+                'object_box': self.data.object_box[rows],
+                'object_class': self.data.object_class[rows]}
 
 
 def auxiliary_head(state_dim: int) -> nn.Module:
     """Return the training-only head that regresses the auxiliary targets from the state."""
     return nn.Sequential(nn.Linear(state_dim, 128), nn.GELU(),
                          nn.Linear(128, len(AUXILIARY_TARGETS)))
+
+
+class AuxiliaryHeads(nn.Module):
+    """
+    The training-only heads (none of them is part of the checkpoint), each None when its
+    loss weight is 0: `state` regresses the auxiliary targets from the fused state;
+    `patches` names the object (colour and shape, or none) each normalised patch token
+    shows; `text` names the colour and shape of the object a query's sentence embedding
+    refers to. The last two are linear, so that what they read has to be in the features
+    the grounding head compares: the map cannot tell a blue cube from a blue sphere unless
+    both the patch tokens and the sentence embedding carry the shape.
+    """
+
+    def __init__(self, state_dim: int, text_dim: int, weights: 'LossWeights'):
+        super().__init__()
+        self.state = auxiliary_head(state_dim) if weights.auxiliary > 0 else None
+        self.patches = nn.Linear(text_dim, ATTRIBUTE_CLASSES) \
+            if weights.patch_attributes > 0 else None
+        self.text = nn.Linear(text_dim, ATTRIBUTE_CLASSES - 1) \
+            if weights.text_attributes > 0 else None
 
 
 # Auxiliary-target columns the task head regresses, in the order of its outputs.
@@ -192,12 +216,15 @@ class LossWeights:
     grounding: float = 1.0
     query: float = 1.0
     task: float = 5.0
+    patch_attributes: float = 0.2
+    text_attributes: float = 0.5
 
     def __post_init__(self):
         for field in fields(self):
             name, value = field.name, getattr(self, field.name)
             if not (math.isfinite(value) and value >= 0.0):
-                raise ValueError(f'--{name}-weight must be a non-negative number, got {value}')
+                raise ValueError(f'--{name.replace("_", "-")}-weight must be a non-negative '
+                                 f'number, got {value}')
 
 
 # What each weight of `LossWeights` weighs (for the command line).
@@ -209,6 +236,11 @@ _LOSS_WEIGHT_HELP = {
              'show another object of the scene, drawn and named at random',
     'task': 'the task-parameter loss: the requested angle and distance read from the '
             'instruction',
+    'patch_attributes': 'the per-patch attribute loss: a linear classifier names the colour '
+                        'and shape of the object each patch token shows (or none)',
+    'text_attributes': 'the query attribute loss: a linear classifier names the colour and '
+                       'shape of the object the relabelled query refers to from its sentence '
+                       'embedding',
 }
 
 
@@ -222,7 +254,7 @@ def _grounding_loss(logits: torch.Tensor, boxes: np.ndarray, grid,
                                               reduction='sum') / labels.shape[0]
 
 
-def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
+def imitation_losses(model: VLITModel, heads: Optional[AuxiliaryHeads], batch: dict,
                      weights: LossWeights, labels_kind: str = 'coverage'
                      ) -> Dict[str, torch.Tensor]:
     """
@@ -230,8 +262,9 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
 
     `labels_kind`: the grounding labels (`datasets.grounding_labels`).
 
-    The forward pass is `VLITModel.forward` spelled out, so that the fused state also feeds
-    the auxiliary head, and the grounding logits and task parameters their losses.
+    The forward pass is `VLITModel.forward` spelled out, so that the fused state and the
+    patch tokens also feed the training-only heads (`AuxiliaryHeads`), and the grounding
+    logits and task parameters their losses.
     """
     device = model.device
     vlm = model.vlm
@@ -248,8 +281,8 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
     total = action_loss
     mask = torch.as_tensor(batch['auxiliary_mask'], device=device)
     wanted = torch.as_tensor(batch['auxiliary'], device=device)
-    if head is not None and weights.auxiliary > 0:
-        error = (head(fused) - wanted).pow(2) * mask
+    if heads is not None and heads.state is not None and weights.auxiliary > 0:
+        error = (heads.state(fused) - wanted).pow(2) * mask
         auxiliary = error.sum() / mask.sum().clamp_min(1)
         losses['loss_auxiliary'] = auxiliary.detach()
         total = total + weights.auxiliary * auxiliary
@@ -258,14 +291,33 @@ def imitation_losses(model: VLITModel, head: Optional[nn.Module], batch: dict,
                                     labels_kind)
         losses['loss_grounding'] = grounding.detach()
         total = total + weights.grounding * grounding
-    if details.grounding is not None and weights.query > 0 and 'query_box' in batch:
+    wants_query = (details.grounding is not None and weights.query > 0) or \
+        (heads is not None and heads.text is not None and weights.text_attributes > 0)
+    query = model.batch_text({'texts': batch['query_texts'],
+                              'text_index': batch['query_text_index']}) \
+        if wants_query and 'query_texts' in batch else None
+    if details.grounding is not None and weights.query > 0 and query is not None:
         # The same images, asked about another object of the scene (`grounding_queries`).
-        query = model.batch_text({'texts': batch['query_texts'],
-                                  'text_index': batch['query_text_index']})
         logits = vlm.fusion.grounding(details.patches, query.pooled)
         query_loss = _grounding_loss(logits, batch['query_box'], vlm.vision.grid, labels_kind)
         losses['loss_query'] = query_loss.detach()
         total = total + weights.query * query_loss
+    if heads is not None and heads.patches is not None and weights.patch_attributes > 0 \
+            and 'object_class' in batch:
+        labels = torch.as_tensor(patch_attribute_labels(
+            batch['object_box'], batch['object_class'], vlm.vision.grid), device=device)
+        logits = heads.patches(details.patches.float())
+        # Summed over patches, averaged over frames, as the grounding loss.
+        patch_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(),
+                                     ignore_index=IGNORE_LABEL, reduction='sum') / labels.shape[0]
+        losses['loss_patch_attributes'] = patch_loss.detach()
+        total = total + weights.patch_attributes * patch_loss
+    if heads is not None and heads.text is not None and weights.text_attributes > 0 \
+            and query is not None:
+        wanted_class = torch.as_tensor(batch['query_class'], device=device) - 1
+        text_loss = F.cross_entropy(heads.text(query.pooled.float()), wanted_class)
+        losses['loss_text_attributes'] = text_loss.detach()
+        total = total + weights.text_attributes * text_loss
     if details.task_parameters is not None and weights.task > 0:
         task_mask = mask[:, _TASK_COLUMNS]
         error = (details.task_parameters.float() - wanted[:, _TASK_COLUMNS]).pow(2) * task_mask
@@ -399,7 +451,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'drawn (default: 5)')
     for name, what in _LOSS_WEIGHT_HELP.items():
         default = getattr(LossWeights(), name)
-        parser.add_argument(f'--{name}-weight', type=float, default=default,
+        parser.add_argument(f'--{name.replace("_", "-")}-weight', type=float, default=default,
                             help=f'weight of {what} (default: {default:g}; 0: none)')
     parser.add_argument('--grounding-labels', choices=GROUNDING_LABELS, default='coverage',
                         help='labels of the grounding map: coverage (the share of each patch '
@@ -446,10 +498,9 @@ def _run(args, context: loop.DistributedContext) -> int:
                                   extra_shards=extra)
         return FamilyBatches(data, args.batch_size, args.seed, context, args.change_weight)
 
-    head = auxiliary_head(model.vlm.state_dim).to(context.device) \
-        if args.auxiliary_weight > 0 else None
     weights = LossWeights(**{name: getattr(args, f'{name}_weight')
                              for name in _LOSS_WEIGHT_HELP})
+    head = AuxiliaryHeads(model.vlm.state_dim, model.vlm.text_dim, weights).to(context.device)
 
     def loss_fn(m, step):
         return imitation_losses(m, head, batches.batch(step), weights, args.grounding_labels)
