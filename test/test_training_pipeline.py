@@ -120,10 +120,8 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
         optimiser.step()
         history.append({k: float(v.detach()) for k, v in losses.items()})
     for key in ('loss_grounding', 'loss_query', 'loss_task', 'loss_action',
-                'loss_patch_attributes'):
+                'loss_patch_attributes', 'loss_text_attributes'):
         assert history[-1][key] < 0.5 * history[0][key], key
-    # A linear classifier on unit-norm sentences learns slowly at this rate (2.92 -> 2.32).
-    assert history[-1]['loss_text_attributes'] < 0.85 * history[0]['loss_text_attributes']
     # Without its weight the relabelled query is neither computed nor counted.
     losses = finetune.imitation_losses(model, heads, batch, finetune.LossWeights(query=0.0))
     assert 'loss_query' not in losses and 'loss_text_attributes' in losses

@@ -202,6 +202,13 @@ class AuxiliaryHeads(nn.Module):
             if weights.patch_attributes > 0 else None
         self.text = nn.Linear(text_dim, ATTRIBUTE_CLASSES - 1) \
             if weights.text_attributes > 0 else None
+        # Sentence embeddings are unit-norm: scaled, their components are O(1) like the
+        # normalised patch tokens', and the classifier learns at the same pace.
+        self.text_scale = math.sqrt(text_dim)
+
+    def text_logits(self, sentence: torch.Tensor) -> torch.Tensor:
+        """Return the attribute logits (B, classes - 1) of sentence embeddings (B, D)."""
+        return self.text(sentence.float() * self.text_scale)
 
 
 # Auxiliary-target columns the task head regresses, in the order of its outputs.
@@ -216,7 +223,7 @@ class LossWeights:
     grounding: float = 1.0
     query: float = 1.0
     task: float = 5.0
-    patch_attributes: float = 0.2
+    patch_attributes: float = 1.0
     text_attributes: float = 0.5
 
     def __post_init__(self):
@@ -315,7 +322,7 @@ def imitation_losses(model: VLITModel, heads: Optional[AuxiliaryHeads], batch: d
     if heads is not None and heads.text is not None and weights.text_attributes > 0 \
             and query is not None:
         wanted_class = torch.as_tensor(batch['query_class'], device=device) - 1
-        text_loss = F.cross_entropy(heads.text(query.pooled.float()), wanted_class)
+        text_loss = F.cross_entropy(heads.text_logits(query.pooled), wanted_class)
         losses['loss_text_attributes'] = text_loss.detach()
         total = total + weights.text_attributes * text_loss
     if details.task_parameters is not None and weights.task > 0:
