@@ -108,7 +108,7 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
         finetune.LossWeights(task=math.nan)
     with pytest.raises(ValueError, match='--patch-attributes-weight must be a non-negative'):
         finetune.LossWeights(patch_attributes=-1.0)
-    weights = finetune.LossWeights(auxiliary=0.0)
+    weights = finetune.LossWeights(auxiliary=0.0, patch_attributes=0.2)
     heads = finetune.AuxiliaryHeads(model.vlm.state_dim, model.vlm.text_dim, weights)
     assert heads.state is None and heads.patches is not None and heads.text is not None
     optimiser = torch.optim.Adam(list(model.parameters()) + list(heads.parameters()), lr=1e-3)
