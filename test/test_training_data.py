@@ -18,10 +18,10 @@ from vlit_ros.sim.tasks import FAMILIES, GOTO_TEMPLATES, load_instructions, SHAP
 from vlit_ros.sim.world import World
 from vlit_ros.training import captions
 from vlit_ros.training.datagen import GenDataConfig, generate
-from vlit_ros.training.datasets import (ATTRIBUTE_CLASSES, attribute_class, concatenate_releasing,
-                                        grounding_labels, IGNORE_LABEL, patch_attribute_labels,
-                                        scene_object_boxes,
-                                        grounding_queries, NO_BOX, object_boxes, QUERY_SPAN,
+from vlit_ros.training.datasets import (attribute_class, ATTRIBUTE_CLASSES,
+                                        concatenate_releasing, grounding_labels,
+                                        grounding_queries, IGNORE_LABEL, NO_BOX, object_boxes,
+                                        patch_attribute_labels, QUERY_SPAN, scene_object_boxes,
                                         target_boxes)
 from vlit_ros.training.phrasings import (training_instruction, unseen_goto_instructions,
                                          UNSEEN_GOTO_SEED, UNSEEN_GOTO_TEMPLATES,

@@ -171,12 +171,12 @@ def attribute_class(obj: ObjectSpec) -> int:
 
 def scene_object_boxes(scene: Scene, poses: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """
-    Return the boxes (frames, MAX_OBJECTS, 4) and attribute classes (frames, MAX_OBJECTS) of
-    every object of `scene` in the image seen from each pose.
+    Return every object's boxes (frames, MAX_OBJECTS, 4) and classes (frames, MAX_OBJECTS).
 
-    Per frame the objects are ordered farthest first, so a nearer object comes later and
-    wins a patch both cover; `NO_BOX` and class 0 fill the slots of objects out of view,
-    hidden whole behind a nearer one (as `object_boxes`), or absent from the scene.
+    Boxes as `image_box` gives them in the image seen from each pose, classes as
+    `attribute_class`. Per frame the objects are ordered farthest first, so a nearer object
+    comes later and wins a patch both cover; `NO_BOX` and class 0 fill the slots of objects
+    out of view, hidden whole behind a nearer one (as `object_boxes`), or absent.
     """
     if len(scene.objects) > MAX_OBJECTS:
         raise ValueError(f'scene {scene.seed} has {len(scene.objects)} objects; attribute '
@@ -210,11 +210,11 @@ QUERY_SPAN = 10
 def grounding_queries(episode: dict, poses: np.ndarray
                       ) -> Tuple[List[str], np.ndarray, np.ndarray]:
     """
-    Return (texts per frame, boxes (frames, 4), attribute classes (frames,)): a second,
-    relabelled grounding query and the class of the object it names.
+    Return (texts per frame, boxes (frames, 4), classes (frames,)): relabelled queries.
 
-    Every frame of every family shows a scene, so it can teach the grounding map about any
-    object in it, not only the one its instruction names: for each run of `QUERY_SPAN`
+    A second grounding query per frame, its object's box and its object's attribute class
+    (`attribute_class`). Every frame of every family shows a scene, so it can teach the
+    grounding map about any object in it, not only the one its instruction names: for each run of `QUERY_SPAN`
     frames, an object of the scene is drawn, named with a training phrasing
     (`goto_instruction`: training templates and referring expressions), and labelled with its
     box in each image (`object_boxes`). Expert data alone never shows the robot close to an

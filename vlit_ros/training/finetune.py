@@ -7,7 +7,7 @@ preset) learns the expert's action by cross-entropy on gen-data's trajectory fra
 training scenes, labels every visited state with the expert, adds the frames to the data and
 trains on the aggregate.
 
-Three things make this learnable in a CPU budget:
+What makes this learnable in a CPU budget:
 
 - batches mix the families in fixed shares, so the short families are not drowned by goto;
 - frames where the expert changes action are drawn more often (`--change-weight`): they are
@@ -24,6 +24,12 @@ Three things make this learnable in a CPU budget:
   the scene, drawn and named at random, with its own box (`--query-weight`;
   `datasets.grounding_queries`), so that it learns to say "no" of an object the robot was
   not sent to, close up as well as far away;
+- two more training-only heads, both linear, name colour and shape: one per patch token
+  (which object, if any, the patch shows: `--patch-attributes-weight`;
+  `datasets.scene_object_boxes`), one from the relabelled query's sentence embedding (which
+  object it names: `--text-attributes-weight`). The map compares exactly those features,
+  and without these labels neither side kept the shape: in most scenes the colour alone
+  names the target;
 - before cloning, the task head alone is fitted to the dataset's distinct instructions
   (`--task-warmup-steps`, text only, seconds), so from the first step the executor sees the
   requested angle and distance it must learn to compare with odometry.
@@ -186,10 +192,11 @@ def auxiliary_head(state_dim: int) -> nn.Module:
 
 class AuxiliaryHeads(nn.Module):
     """
-    The training-only heads (none of them is part of the checkpoint), each None when its
-    loss weight is 0: `state` regresses the auxiliary targets from the fused state;
-    `patches` names the object (colour and shape, or none) each normalised patch token
-    shows; `text` names the colour and shape of the object a query's sentence embedding
+    The training-only heads; none of them is part of the checkpoint.
+
+    Each is None when its loss weight is 0: `state` regresses the auxiliary targets from
+    the fused state; `patches` names the object (colour and shape, or none) each normalised
+    patch token shows; `text` names the colour and shape of the object a query's sentence embedding
     refers to. The last two are linear, so that what they read has to be in the features
     the grounding head compares: the map cannot tell a blue cube from a blue sphere unless
     both the patch tokens and the sentence embedding carry the shape.
