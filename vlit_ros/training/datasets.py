@@ -217,9 +217,10 @@ def grounding_queries(episode: dict, poses: np.ndarray
     grounding map about any object in it, not only the one its instruction names: for each
     run of `QUERY_SPAN` frames, an object of the scene is drawn, named with a training
     phrasing (`goto_instruction`: training templates and referring expressions), and
-    labelled with its box in each image (`object_boxes`). Expert data alone never shows the robot close to an
-    object it was not sent to, so without these queries the map learns "a large object ahead
-    is the target" and says so of the wrong object. Deterministic per episode.
+    labelled with its box in each image (`object_boxes`). Expert data alone never shows the
+    robot close to an object it was not sent to, so without these queries the map learns "a
+    large object ahead is the target" and says so of the wrong object. Deterministic per
+    episode.
     """
     scene = Scene.generate(episode['seed'])
     rng = random.Random(f"{episode['seed']}:{episode['first_frame']}:{episode['text']}")
