@@ -66,7 +66,9 @@ def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
                  str(tuned), '--steps', '16', '--batch-size', '16', '--lr', '3e-3',
                  '--warmup', '2', '--log-every', '4', '--dagger-rounds', '1',
                  '--dagger-episodes', '2', '--dagger-steps', '4', '--dagger-parallel', '2',
-                 '--eval-episodes', '2', '--checkpoint-every', '0'] + TINY_MODEL) == 0
+                 '--eval-episodes', '2', '--checkpoint-every', '0',
+                 '--patch-attributes-weight', '1', '--text-attributes-weight', '0.5'] +
+                TINY_MODEL) == 0
     history = _history(tuned)
     assert history[-1]['step'] == 20
     assert min(row['loss_action'] for row in history) < history[0]['loss_action']
@@ -108,7 +110,7 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
         finetune.LossWeights(task=math.nan)
     with pytest.raises(ValueError, match='--patch-attributes-weight must be a non-negative'):
         finetune.LossWeights(patch_attributes=-1.0)
-    weights = finetune.LossWeights(auxiliary=0.0, patch_attributes=0.2)
+    weights = finetune.LossWeights(auxiliary=0.0, patch_attributes=0.2, text_attributes=0.5)
     heads = finetune.AuxiliaryHeads(model.vlm.state_dim, model.vlm.text_dim, weights)
     assert heads.state is None and heads.patches is not None and heads.text is not None
     optimiser = torch.optim.Adam(list(model.parameters()) + list(heads.parameters()), lr=1e-3)
@@ -204,16 +206,20 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     # train-all hands the option to the finetune stage only (polish continues that model).
     out = tmp_path / 'all'
     argv = ['--out', str(out), '--data', str(data), '--no-fusion-state',
-            '--grounding-labels', 'presence']
+            '--grounding-labels', 'presence', '--patch-attributes-weight', '0.7']
     parser = argparse.ArgumentParser()
     train_all.add_arguments(parser)
     stages = {name: argv for name, _, argv in train_all.plan_stages(parser.parse_args(argv))}
     assert list(stages) == ['gen-data', 'pretrain', 'finetune', 'polish']
     assert '--no-fusion-state' in stages['finetune']
     assert '--no-fusion-state' not in stages['polish']
-    # The grounding labels are the same in both stages that train the map.
+    # The grounding labels and attribute weights are the same in both stages that train the
+    # map; the attribute losses are off unless asked for.
     for name in ('finetune', 'polish'):
-        assert stages[name][stages[name].index('--grounding-labels') + 1] == 'presence'
+        stage = stages[name]
+        assert stage[stage.index('--grounding-labels') + 1] == 'presence'
+        assert float(stage[stage.index('--patch-attributes-weight') + 1]) == 0.7
+        assert float(stage[stage.index('--text-attributes-weight') + 1]) == 0.0
 
 
 def test_train_all_frees_a_stage_before_the_next_one_loads(tmp_path, monkeypatch):

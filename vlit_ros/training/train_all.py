@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--grounding-labels', choices=GROUNDING_LABELS, default='coverage',
                         help='labels of the grounding map in fine-tuning and polish '
                              '(vlit-ros finetune --grounding-labels; default: coverage)')
+    for name in ('patch-attributes', 'text-attributes'):
+        parser.add_argument(f'--{name}-weight', type=float, default=0.0,
+                            help=f'fine-tuning and polish: vlit-ros finetune --{name}-weight '
+                                 '(default: 0, as the shipped checkpoint was trained)')
     parser.add_argument('--no-fusion-state', action='store_true',
                         help="the executor skips the fusion Transformer's state (vlit-ros "
                              'finetune --no-fusion-state)')
@@ -93,7 +97,9 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
     data = data_dir(args)
     common = ['--seed', str(args.seed), '--threads', str(args.threads)] + \
         (['--quiet'] if args.quiet else [])
-    tuning = ['--grounding-labels', args.grounding_labels]
+    tuning = ['--grounding-labels', args.grounding_labels,
+              '--patch-attributes-weight', str(args.patch_attributes_weight),
+              '--text-attributes-weight', str(args.text_attributes_weight)]
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                (['--quiet'] if args.quiet else []))]
     finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
