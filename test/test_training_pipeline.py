@@ -125,7 +125,8 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
                 'loss_patch_attributes', 'loss_text_attributes'):
         assert history[-1][key] < 0.5 * history[0][key], key
     # Without its weight the relabelled query is neither computed nor counted.
-    losses = finetune.imitation_losses(model, heads, batch, finetune.LossWeights(query=0.0))
+    losses = finetune.imitation_losses(model, heads, batch,
+                                       finetune.LossWeights(query=0.0, text_attributes=0.5))
     assert 'loss_query' not in losses and 'loss_text_attributes' in losses
     # Without the heads (or their weights) the attribute losses are not counted.
     losses = finetune.imitation_losses(model, None, batch, weights)
