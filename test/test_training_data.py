@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vlit_ros.sim.episode import TRAINING_SEED_BASE
-from vlit_ros.sim.scene import COLORS, MAX_OBJECTS, ObjectSpec, Scene
+from vlit_ros.sim.scene import COLORS, MAX_OBJECTS, ObjectSpec, Scene, SHAPES
 from vlit_ros.sim.tasks import FAMILIES, GOTO_TEMPLATES, load_instructions, SHAPE_WORDS
 from vlit_ros.sim.world import World
 from vlit_ros.training import captions
@@ -279,7 +279,6 @@ def test_training_instructions_never_use_unseen_phrasings():
 
 
 def test_attribute_classes_name_each_colour_and_shape_pair_once():
-    from vlit_ros.sim.scene import SHAPES
     kinds = {attribute_class(ObjectSpec(shape, color, 0.0, 0.0, 0.2))
              for color in COLORS for shape in SHAPES}
     assert kinds == set(range(1, ATTRIBUTE_CLASSES))

@@ -100,9 +100,13 @@ def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
 def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
     torch.manual_seed(0)
     model = VLITModel(model_config('tiny')).train()
-    frames = TrajectorySet.load([data], FAMILIES, model.start_action)
+    frames = TrajectorySet.load([data], FAMILIES, model.start_action, all_objects=True)
     context = loop.DistributedContext()
     batch = finetune.FamilyBatches(frames, 32, 0, context).batch(0)
+    # Every object's boxes are loaded only when asked for (the per-patch attribute labels).
+    plain = TrajectorySet.load([data], FAMILIES, model.start_action)
+    assert plain.object_class is None and plain.object_box is None
+    assert 'object_class' not in finetune.FamilyBatches(plain, 32, 0, context).batch(0)
     assert batch['target_box'].any(), 'the batch should hold frames with the target in view'
     assert batch['query_box'].any(), 'the batch should hold relabelled queries in view'
     assert (batch['object_class'] > 0).any() and (batch['query_class'] > 0).all()

@@ -126,6 +126,12 @@ def target_boxes(episode: dict, poses: np.ndarray) -> np.ndarray:
     return object_boxes(scene, task.target(scene), poses)
 
 
+def _covers(cover, box) -> bool:
+    """Return whether box `cover` (left, right, top, bottom) contains box `box` whole."""
+    return cover[0] <= box[0] and cover[1] >= box[1] and cover[2] <= box[2] and \
+        cover[3] >= box[3]
+
+
 def object_boxes(scene: Scene, target, poses: np.ndarray) -> np.ndarray:
     """
     Return (frames, 4) boxes of one object of `scene` in the image seen from each pose.
@@ -146,8 +152,7 @@ def object_boxes(scene: Scene, target, poses: np.ndarray) -> np.ndarray:
             if math.hypot(other.x - pose[0], other.y - pose[1]) >= distance:
                 continue
             cover = image_box(scene, pose, other)
-            if cover is not None and cover[0] <= box[0] and cover[1] >= box[1] and \
-                    cover[2] <= box[2] and cover[3] >= box[3]:
+            if cover is not None and _covers(cover, box):
                 hidden = True
                 break
         if not hidden:
@@ -195,8 +200,8 @@ def scene_object_boxes(scene: Scene, poses: np.ndarray) -> Tuple[np.ndarray, np.
         seen.sort(key=lambda item: -item[0])
         slot = 0
         for index, (distance, box, kind) in enumerate(seen):
-            if any(cover[0] <= box[0] and cover[1] >= box[1] and cover[2] <= box[2] and
-                   cover[3] >= box[3] for near, cover, _ in seen[index + 1:] if near < distance):
+            if any(_covers(cover, box) for near, cover, _ in seen[index + 1:]
+                   if near < distance):
                 continue
             boxes[row, slot], classes[row, slot] = box, kind
             slot += 1
@@ -346,8 +351,8 @@ class TrajectorySet:
     query_text_index: np.ndarray
     query_box: np.ndarray
     query_class: np.ndarray
-    object_box: np.ndarray
-    object_class: np.ndarray
+    object_box: Optional[np.ndarray]
+    object_class: Optional[np.ndarray]
 
     def __len__(self) -> int:
         return int(self.text_index.shape[0])
@@ -355,7 +360,8 @@ class TrajectorySet:
     @classmethod
     def from_shards(cls, shards: Iterable[Tuple[Dict[str, np.ndarray], dict]],
                     families: Sequence[str], start_action: int,
-                    size: Optional[Tuple[int, int]] = None) -> 'TrajectorySet':
+                    size: Optional[Tuple[int, int]] = None,
+                    all_objects: bool = False) -> 'TrajectorySet':
         columns: Dict[str, List[np.ndarray]] = {name: [] for name in _FRAME_ARRAYS}
         text_ids: Dict[str, int] = {}
         query_ids: Dict[str, int] = {}
@@ -374,8 +380,9 @@ class TrajectorySet:
             query = np.zeros(frames, np.int64)
             query_box = np.zeros((frames, 4), np.float32)
             query_class = np.zeros(frames, np.int64)
-            scene_boxes = np.zeros((frames, MAX_OBJECTS, 4), np.float32)
-            scene_classes = np.zeros((frames, MAX_OBJECTS), np.int64)
+            slots = MAX_OBJECTS if all_objects else 0
+            scene_boxes = np.zeros((frames, slots, 4), np.float32)
+            scene_classes = np.zeros((frames, slots), np.int64)
             for episode in meta['episodes']:
                 span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
                 per_frame_text[span] = text_ids.setdefault(episode['text'], len(text_ids))
@@ -385,8 +392,9 @@ class TrajectorySet:
                 texts, query_box[span], query_class[span] = grounding_queries(
                     episode, arrays['pose'][span])
                 query[span] = [query_ids.setdefault(text, len(query_ids)) for text in texts]
-                scene_boxes[span], scene_classes[span] = scene_object_boxes(
-                    Scene.generate(episode['seed']), arrays['pose'][span])
+                if all_objects:
+                    scene_boxes[span], scene_classes[span] = scene_object_boxes(
+                        Scene.generate(episode['seed']), arrays['pose'][span])
             boxes.append(box)
             query_index.append(query)
             query_boxes.append(query_box)
@@ -410,20 +418,22 @@ class TrajectorySet:
                    np.concatenate(family), tuple(families), np.concatenate(auxiliary),
                    np.concatenate(auxiliary_mask), np.concatenate(boxes), list(query_ids),
                    np.concatenate(query_index), np.concatenate(query_boxes),
-                   np.concatenate(query_classes), np.concatenate(object_boxes_),
-                   np.concatenate(object_classes))
+                   np.concatenate(query_classes),
+                   np.concatenate(object_boxes_) if all_objects else None,
+                   np.concatenate(object_classes) if all_objects else None)
 
     @classmethod
     def load(cls, roots: Iterable[Path], families: Sequence[str], start_action: int,
              size: Optional[Tuple[int, int]] = None,
-             extra_shards: Iterable[Path] = ()) -> 'TrajectorySet':
+             extra_shards: Iterable[Path] = (), all_objects: bool = False
+             ) -> 'TrajectorySet':
         """Read the trajectory shards of dataset directories plus extra shard paths."""
         def shards():
             for root in roots:
                 yield from iter_shards(root, 'trajectories')
             for stem in extra_shards:
                 yield read_shard(stem)
-        return cls.from_shards(shards(), families, start_action, size)
+        return cls.from_shards(shards(), families, start_action, size, all_objects)
 
     def family_counts(self) -> Dict[str, int]:
         return {f: int((self.family == i).sum()) for i, f in enumerate(self.families)}

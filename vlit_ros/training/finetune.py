@@ -168,20 +168,22 @@ class FamilyBatches:
     def batch(self, step: int) -> dict:
         rows = self.indices(step)
         arrays = self.data.arrays
-        return {'image': arrays['image'][rows], 'texts': self.data.texts,
-                'text_index': self.data.text_index[rows], 'odom': arrays['odom'][rows],
-                't': arrays['t'][rows], 'yaw_total': arrays['yaw_total'][rows],
-                'prev_action': self.data.prev_action[rows],
-                'action': arrays['expert_action'][rows],
-                'auxiliary': self.data.auxiliary[rows],
-                'auxiliary_mask': self.data.auxiliary_mask[rows],
-                'target_box': self.data.target_box[rows],
-                'query_texts': self.data.query_texts,
-                'query_text_index': self.data.query_text_index[rows],
-                'query_box': self.data.query_box[rows],
-                'query_class': self.data.query_class[rows],
-                'object_box': self.data.object_box[rows],
-                'object_class': self.data.object_class[rows]}
+        batch = {'image': arrays['image'][rows], 'texts': self.data.texts,
+                 'text_index': self.data.text_index[rows], 'odom': arrays['odom'][rows],
+                 't': arrays['t'][rows], 'yaw_total': arrays['yaw_total'][rows],
+                 'prev_action': self.data.prev_action[rows],
+                 'action': arrays['expert_action'][rows],
+                 'auxiliary': self.data.auxiliary[rows],
+                 'auxiliary_mask': self.data.auxiliary_mask[rows],
+                 'target_box': self.data.target_box[rows],
+                 'query_texts': self.data.query_texts,
+                 'query_text_index': self.data.query_text_index[rows],
+                 'query_box': self.data.query_box[rows],
+                 'query_class': self.data.query_class[rows]}
+        if self.data.object_class is not None:
+            batch['object_box'] = self.data.object_box[rows]
+            batch['object_class'] = self.data.object_class[rows]
+        return batch
 
 
 def auxiliary_head(state_dim: int) -> nn.Module:
@@ -510,7 +512,8 @@ def _run(args, context: loop.DistributedContext) -> int:
         extra = [stem for r in range(rounds_done)
                  for stem in round_shards(out, r, context.world_size)]
         data = TrajectorySet.load(roots, FAMILIES, start_action, size=image_size,
-                                  extra_shards=extra)
+                                  extra_shards=extra,
+                                  all_objects=weights.patch_attributes > 0)
         return FamilyBatches(data, args.batch_size, args.seed, context, args.change_weight)
 
     weights = LossWeights(**{name: getattr(args, f'{name}_weight')
