@@ -66,9 +66,7 @@ def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
                  str(tuned), '--steps', '16', '--batch-size', '16', '--lr', '3e-3',
                  '--warmup', '2', '--log-every', '4', '--dagger-rounds', '1',
                  '--dagger-episodes', '2', '--dagger-steps', '4', '--dagger-parallel', '2',
-                 '--eval-episodes', '2', '--checkpoint-every', '0',
-                 '--patch-attributes-weight', '1', '--text-attributes-weight', '0.5'] +
-                TINY_MODEL) == 0
+                 '--eval-episodes', '2', '--checkpoint-every', '0'] + TINY_MODEL) == 0
     history = _history(tuned)
     assert history[-1]['step'] == 20
     assert min(row['loss_action'] for row in history) < history[0]['loss_action']
@@ -219,12 +217,13 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     assert '--no-fusion-state' in stages['finetune']
     assert '--no-fusion-state' not in stages['polish']
     # The grounding labels and attribute weights are the same in both stages that train the
-    # map; the attribute losses are off unless asked for.
+    # map; a weight not given is the shipped checkpoint's (finetune's default).
     for name in ('finetune', 'polish'):
         stage = stages[name]
         assert stage[stage.index('--grounding-labels') + 1] == 'presence'
         assert float(stage[stage.index('--patch-attributes-weight') + 1]) == 0.7
-        assert float(stage[stage.index('--text-attributes-weight') + 1]) == 0.0
+        assert float(stage[stage.index('--text-attributes-weight') + 1]) == \
+            finetune.LossWeights().text_attributes == 0.5
 
 
 def test_train_all_frees_a_stage_before_the_next_one_loads(tmp_path, monkeypatch):

@@ -89,7 +89,7 @@ def test_shifted_camera_sees_the_object_off_centre():
         image = world.render().astype(int)
         red = (image[..., 0] > 120) & (image[..., 1] < 60)
         columns = np.nonzero(red.any(axis=0))[0]
-        # Camera yawed 20 degrees left: the object ahead appears right of centre.
+        # Camera yawed left (30 degrees): the object ahead appears right of centre.
         assert columns.mean() > 64 + 10
 
 

@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from vlit_ros.checkpoints import DEFAULT_CHECKPOINT
 from vlit_ros.gazebo.launch_plan import gazebo_processes, normalize_namespace
+from vlit_ros.sim.scene import SHIFT_DESCRIPTION
 from vlit_ros.sim.tasks import FAMILIES, parse_families
 
 PACKAGE = 'vlit_ros'
@@ -80,8 +81,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
              'comma-separated and cycled in order, e.g. goto (not with scenario)'),
     Argument('real_time_factor', '1.0', 'MuJoCo only: simulated seconds per wall second '
              '(0: as fast as possible)'),
-    Argument('shifted', 'false', 'MuJoCo only: the domain-shifted robot (camera yawed 20 '
-             'degrees, left wheel 30% weaker)', BOOLEANS),
+    Argument('shifted', 'false', f'MuJoCo only: the domain-shifted robot ({SHIFT_DESCRIPTION})',
+             BOOLEANS),
     Argument('results_path', '', "write the task's results JSON here (empty: do not write)"),
 )
 ARGUMENTS_BY_NAME: Dict[str, Argument] = {a.name: a for a in ARGUMENTS}

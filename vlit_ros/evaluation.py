@@ -19,7 +19,7 @@ from tqdm import tqdm
 from vlit_ros.policies import load_policy
 from vlit_ros.sim.episode import EpisodeResult, make_episode, run_episode, \
     run_episodes_batched, TRAINING_SEED_BASE
-from vlit_ros.sim.scene import RobotSpec
+from vlit_ros.sim.scene import RobotSpec, SHIFT_DESCRIPTION
 from vlit_ros.sim.tasks import FAMILIES, GotoTask, load_instructions, parse_families
 from vlit_ros.sim.video import compose_frame, EpisodeVideo
 from vlit_ros.sim.world import World
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--held-out-phrasings', action='store_true',
                         help='draw goto phrasings from the held-out set never used in training')
     parser.add_argument('--world', choices=('nominal', 'shifted'), default='nominal',
-                        help='shifted: camera mount yawed 20 degrees, left wheel 30%% weaker')
+                        help='shifted: ' + SHIFT_DESCRIPTION.replace('%', '%%'))
     parser.add_argument('--device', default='cpu', help='torch device for --policy model')
     parser.add_argument('--batch', type=int, default=16,
                         help='episodes run in lockstep with one batched forward pass a step, '

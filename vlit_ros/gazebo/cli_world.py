@@ -6,7 +6,7 @@ import sys
 
 from vlit_ros.gazebo.bridge import write_bridge_config
 from vlit_ros.gazebo.sdf import write_world
-from vlit_ros.sim.scene import RobotSpec, Scene
+from vlit_ros.sim.scene import RobotSpec, Scene, SHIFT_DESCRIPTION
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='read the scene from this YAML file instead of generating it '
                              '(Scene.to_yaml layout)')
     parser.add_argument('--world', choices=('nominal', 'shifted'), default='nominal',
-                        help='shifted: camera mount yawed 20 degrees, left wheel 30%% weaker')
+                        help='shifted: ' + SHIFT_DESCRIPTION.replace('%', '%%'))
     parser.add_argument('--out', default='.', metavar='DIR',
                         help='folder for the world and gz_bridge.yaml (default: current)')
 

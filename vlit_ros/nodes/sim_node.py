@@ -71,7 +71,7 @@ from vlit_ros.nodes.images import rgb_to_image
 from vlit_ros.nodes.lifecycle import run_node, StartupError
 from vlit_ros.nodes.params import declare_parameters, ParameterError, ParameterSpec
 from vlit_ros.qos import CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, STREAM_QOS
-from vlit_ros.sim.scene import RobotSpec, Scene
+from vlit_ros.sim.scene import RobotSpec, Scene, SHIFT_DESCRIPTION
 from vlit_ros.sim.world import World
 import yaml
 
@@ -94,8 +94,7 @@ PARAMETERS = (
                   'simulated seconds per wall second (2.0: twice as fast as real time; '
                   '0: as fast as the machine allows)', 0.0, 1000.0),
     ParameterSpec('shifted', False,
-                  'use the domain-shifted robot in every scene: camera mount yawed 20 degrees, '
-                  'left wheel 30% weaker'),
+                  'use the domain-shifted robot in every scene: ' + SHIFT_DESCRIPTION),
     ParameterSpec('cmd_timeout_s', 0.5,
                   'drive a zero command when no cmd_vel arrived for this long (wall seconds)',
                   0.01, 60.0),

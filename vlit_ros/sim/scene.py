@@ -98,6 +98,15 @@ class ObjectSpec:
         return self.size * math.sqrt(2.0) if self.shape == 'cube' else self.size
 
 
+# The domain-shifted robot of `--world shifted` / `shifted:=true` (online-learning issue):
+# first 20 degrees and 0.7; strengthened to these in the fifteenth session, when the default
+# checkpoint scored 69% on goto in the old shift (the issue asks for at most 60% there).
+SHIFT_CAMERA_YAW_DEG = 30.0
+SHIFT_LEFT_WHEEL_GAIN = 0.6
+SHIFT_DESCRIPTION = (f'camera mount yawed {SHIFT_CAMERA_YAW_DEG:g} degrees, left wheel '
+                     f'{round(100 * (1 - SHIFT_LEFT_WHEEL_GAIN))}% weaker')
+
+
 @dataclass(frozen=True)
 class RobotSpec:
     """The differential-drive robot, its camera and its wheels."""
@@ -147,7 +156,8 @@ class RobotSpec:
         aspect = self.image_height / self.image_width
         return math.degrees(2.0 * math.atan(math.tan(half_h) * aspect))
 
-    def shifted(self, camera_yaw_deg: float = 20.0, left_wheel_gain: float = 0.7) -> 'RobotSpec':
+    def shifted(self, camera_yaw_deg: float = SHIFT_CAMERA_YAW_DEG,
+                left_wheel_gain: float = SHIFT_LEFT_WHEEL_GAIN) -> 'RobotSpec':
         """Return the domain-shifted robot: camera mount yawed, left wheel weaker."""
         return replace(self, camera_yaw_deg=camera_yaw_deg, left_wheel_gain=left_wheel_gain)
 

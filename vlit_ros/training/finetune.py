@@ -232,9 +232,9 @@ class LossWeights:
     grounding: float = 1.0
     query: float = 1.0
     task: float = 5.0
-    # Off by default, as the shipped checkpoint was trained (fourteenth session, docs).
-    patch_attributes: float = 0.0
-    text_attributes: float = 0.0
+    # The shipped checkpoint's (fifteenth session, docs/TRAINING.md); 0 turns a loss off.
+    patch_attributes: float = 1.0
+    text_attributes: float = 0.5
 
     def __post_init__(self):
         for field in fields(self):

@@ -59,9 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='labels of the grounding map in fine-tuning and polish '
                              '(vlit-ros finetune --grounding-labels; default: coverage)')
     for name in ('patch-attributes', 'text-attributes'):
-        parser.add_argument(f'--{name}-weight', type=float, default=0.0,
+        default = getattr(finetune.LossWeights(), name.replace('-', '_'))
+        parser.add_argument(f'--{name}-weight', type=float, default=default,
                             help=f'fine-tuning and polish: vlit-ros finetune --{name}-weight '
-                                 '(default: 0, as the shipped checkpoint was trained)')
+                                 f'(default: {default:g}, as the shipped checkpoint was '
+                                 'trained; 0 turns the loss off)')
     parser.add_argument('--no-fusion-state', action='store_true',
                         help="the executor skips the fusion Transformer's state (vlit-ros "
                              'finetune --no-fusion-state)')
