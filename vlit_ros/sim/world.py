@@ -24,6 +24,8 @@ from vlit_ros.sim.scene import RobotSpec, Scene
 os.environ.setdefault('MUJOCO_GL', 'egl')
 import mujoco  # noqa: E402,I100  (must follow the MUJOCO_GL default above)
 
+from vlit_ros.sim.rendering import CameraRenderer  # noqa: E402,I100
+
 Command = Union[str, Tuple[float, float], Sequence[float]]
 
 
@@ -209,10 +211,9 @@ class World:
         key = (height, width)
         renderer = self._renderers.get(key)
         if renderer is None:
-            renderer = mujoco.Renderer(self._model, height, width)
+            renderer = CameraRenderer(self._model, height, width)
             self._renderers[key] = renderer
-        renderer.update_scene(self._data, camera=camera)
-        return renderer.render().copy()
+        return renderer.render(self._data, camera)
 
     def _close_renderers(self) -> None:
         for renderer in self._renderers.values():

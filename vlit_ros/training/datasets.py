@@ -5,7 +5,10 @@ Images stay uint8 (N x H x W x 3) until a batch is drawn; they are resized once 
 when the model's input size differs from the stored one.
 """
 
+from collections import OrderedDict
 from dataclasses import dataclass
+import hashlib
+import json
 import math
 from pathlib import Path
 import random
@@ -325,6 +328,72 @@ def concatenate_releasing(parts: List[np.ndarray]) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class ShardLabels:
+    """The labels `TrajectorySet` derives from one shard's episodes and poses."""
+
+    auxiliary: np.ndarray
+    auxiliary_mask: np.ndarray
+    target_box: np.ndarray
+    query_texts: List[str]
+    query_box: np.ndarray
+    query_class: np.ndarray
+    # (frames, MAX_OBJECTS, 4) and (frames, MAX_OBJECTS); no slots without `all_objects`
+    object_box: np.ndarray
+    object_class: np.ndarray
+
+
+# Labels of recently read shards, by content: a DAgger round reloads every earlier shard,
+# and recomputing their labels in Python took most of a reload (~20 s per 80,000 frames).
+_LABEL_MEMO: 'OrderedDict[str, ShardLabels]' = OrderedDict()
+_LABEL_MEMO_SHARDS = 512
+
+
+def shard_labels(episodes: List[dict], poses: np.ndarray, all_objects: bool) -> ShardLabels:
+    """
+    Return one shard's labels from its episodes (meta) and poses (frames, 3).
+
+    Auxiliary targets, target boxes, relabelled queries and, with `all_objects`, every
+    object's boxes and classes; see `auxiliary_targets`, `target_boxes`,
+    `grounding_queries` and `scene_object_boxes`. They depend on nothing else, so they are
+    remembered by a digest of both for the shards read last.
+    """
+    digest = hashlib.sha256(json.dumps(episodes, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(poses, np.float64).tobytes())
+    key = f'{digest.hexdigest()}:{bool(all_objects)}'
+    labels = _LABEL_MEMO.get(key)
+    if labels is not None:
+        _LABEL_MEMO.move_to_end(key)
+        return labels
+    frames = poses.shape[0]
+    targets = np.zeros((frames, len(AUXILIARY_TARGETS)), np.float32)
+    mask = np.zeros_like(targets, dtype=bool)
+    box = np.zeros((frames, 4), np.float32)
+    query_texts: List[str] = [''] * frames
+    query_box = np.zeros((frames, 4), np.float32)
+    query_class = np.zeros(frames, np.int64)
+    slots = MAX_OBJECTS if all_objects else 0
+    scene_boxes = np.zeros((frames, slots, 4), np.float32)
+    scene_classes = np.zeros((frames, slots), np.int64)
+    for episode in episodes:
+        span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
+        targets[span], mask[span] = auxiliary_targets(episode, poses[span])
+        box[span] = target_boxes(episode, poses[span])
+        query_texts[span], query_box[span], query_class[span] = grounding_queries(
+            episode, poses[span])
+        if all_objects:
+            scene_boxes[span], scene_classes[span] = scene_object_boxes(
+                Scene.generate(episode['seed']), poses[span])
+    labels = ShardLabels(targets, mask, box, query_texts, query_box, query_class,
+                         scene_boxes, scene_classes)
+    for array in (targets, mask, box, query_box, query_class, scene_boxes, scene_classes):
+        array.flags.writeable = False
+    _LABEL_MEMO[key] = labels
+    while len(_LABEL_MEMO) > _LABEL_MEMO_SHARDS:
+        _LABEL_MEMO.popitem(last=False)
+    return labels
+
+
 @dataclass
 class TrajectorySet:
     """
@@ -374,27 +443,16 @@ class TrajectorySet:
                 continue
             per_frame_text = np.empty(frames, np.int64)
             per_frame_family = np.empty(frames, np.int64)
-            targets = np.zeros((frames, len(AUXILIARY_TARGETS)), np.float32)
-            mask = np.zeros_like(targets, dtype=bool)
-            box = np.zeros((frames, 4), np.float32)
-            query = np.zeros(frames, np.int64)
-            query_box = np.zeros((frames, 4), np.float32)
-            query_class = np.zeros(frames, np.int64)
-            slots = MAX_OBJECTS if all_objects else 0
-            scene_boxes = np.zeros((frames, slots, 4), np.float32)
-            scene_classes = np.zeros((frames, slots), np.int64)
             for episode in meta['episodes']:
                 span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
                 per_frame_text[span] = text_ids.setdefault(episode['text'], len(text_ids))
                 per_frame_family[span] = families.index(episode['family'])
-                targets[span], mask[span] = auxiliary_targets(episode, arrays['pose'][span])
-                box[span] = target_boxes(episode, arrays['pose'][span])
-                texts, query_box[span], query_class[span] = grounding_queries(
-                    episode, arrays['pose'][span])
-                query[span] = [query_ids.setdefault(text, len(query_ids)) for text in texts]
-                if all_objects:
-                    scene_boxes[span], scene_classes[span] = scene_object_boxes(
-                        Scene.generate(episode['seed']), arrays['pose'][span])
+            labels = shard_labels(meta['episodes'], arrays['pose'], all_objects)
+            targets, mask, box = labels.auxiliary, labels.auxiliary_mask, labels.target_box
+            query = np.array([query_ids.setdefault(text, len(query_ids))
+                              for text in labels.query_texts], np.int64)
+            query_box, query_class = labels.query_box, labels.query_class
+            scene_boxes, scene_classes = labels.object_box, labels.object_class
             boxes.append(box)
             query_index.append(query)
             query_boxes.append(query_box)
