@@ -320,3 +320,34 @@ def test_patch_attribute_labels_give_the_nearer_object_and_ignore_slivers():
     # an empty slot (class 0) labels nothing, whatever its box
     empty = patch_attribute_labels(boxes, np.array([[0, 0]]), grid)
     assert empty.tolist() == [[0, 0, 0, 0]]
+
+
+def test_shard_labels_are_remembered_by_content_and_equal_a_fresh_computation(tmp_path):
+    from vlit_ros.training import datasets
+    generate(tmp_path, TINY, workers=1, progress=False)
+    arrays, meta = next(iter_shards(tmp_path, 'trajectories'))
+    datasets._LABEL_MEMO.clear()
+    first = datasets.shard_labels(meta['episodes'], arrays['pose'], True)
+    with mock.patch.object(datasets, 'scene_object_boxes',
+                           side_effect=AssertionError('recomputed')):
+        again = datasets.shard_labels(meta['episodes'], arrays['pose'], True)
+    assert again is first
+    # Remembered labels cannot be changed by whoever holds them.
+    with pytest.raises(ValueError, match='read-only'):
+        first.target_box[0] = 1.0
+    # Other poses, or labels without every object's boxes, are computed anew.
+    moved = arrays['pose'].copy()
+    moved[:, 0] += 0.5
+    assert datasets.shard_labels(meta['episodes'], moved, True) is not first
+    without = datasets.shard_labels(meta['episodes'], arrays['pose'], False)
+    assert without.object_box.shape[1] == 0
+    assert np.array_equal(without.target_box, first.target_box)
+    datasets._LABEL_MEMO.clear()
+    fresh = datasets.shard_labels(meta['episodes'], arrays['pose'], True)
+    for name in ('auxiliary', 'auxiliary_mask', 'target_box', 'query_box', 'query_class',
+                 'object_box', 'object_class'):
+        assert np.array_equal(getattr(fresh, name), getattr(first, name)), name
+    assert fresh.query_texts == first.query_texts
+    episode = meta['episodes'][0]
+    span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
+    assert np.array_equal(fresh.target_box[span], target_boxes(episode, arrays['pose'][span]))

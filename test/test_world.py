@@ -117,3 +117,64 @@ def test_stop_start_twist_and_is_stopped(world):
     for _ in range(3):
         world.step('stop')
     assert world.is_stopped()
+
+
+def _reference_image(world, camera, height, width):
+    """Return the image mujoco.Renderer (a GL context of its own) makes of the world."""
+    import mujoco
+    renderer = mujoco.Renderer(world._model, height, width)
+    try:
+        renderer.update_scene(world._data, camera=camera)
+        return renderer.render().copy()
+    finally:
+        renderer.close()
+
+
+def test_shared_gl_contexts_render_what_a_renderer_of_its_own_renders():
+    from vlit_ros.sim import mjcf
+    worlds = [World(Scene.generate(20)), World(Scene.generate(21))]
+    try:
+        for seed in range(4):
+            # Two worlds alternate on one GL context, switching scenes as they go.
+            world = worlds[seed % 2]
+            world.reset(seed=100 + seed)
+            for command in ('turn_left', 'forward'):
+                world.step(command)
+                assert np.array_equal(world.render(), _reference_image(
+                    world, mjcf.FRONT_CAMERA, 96, 128))
+                assert np.array_equal(world.render_top(64), _reference_image(
+                    world, mjcf.TOP_CAMERA, 64, 64))
+    finally:
+        for world in worlds:
+            world.close()
+
+
+def test_a_world_renders_the_same_from_another_thread(world):
+    import threading
+    world.reset(seed=5)
+    world.step('forward')
+    here = world.render()
+    there = {}
+    thread = threading.Thread(target=lambda: there.setdefault('image', world.render()))
+    thread.start()
+    thread.join()
+    assert np.array_equal(there['image'], here)
+    # And back on this thread.
+    assert np.array_equal(world.render(), here)
+
+
+def test_a_closed_renderer_refuses_to_render(world):
+    from vlit_ros.sim import mjcf
+    from vlit_ros.sim.rendering import CameraRenderer
+    renderer = CameraRenderer(world._model, 96, 128)
+    renderer.close()
+    with pytest.raises(RuntimeError, match='after close'):
+        renderer.render(world._data, mjcf.FRONT_CAMERA)
+    other = CameraRenderer(world._model, 96, 128)
+    try:
+        with pytest.raises(ValueError, match='does not exist'):
+            other.render(world._data, 'no_such_camera')
+        with pytest.raises(ValueError, match='off-screen buffer'):
+            CameraRenderer(world._model, 96, 100_000)
+    finally:
+        other.close()

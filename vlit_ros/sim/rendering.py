@@ -10,6 +10,7 @@ its model's `MjrContext` and scene, and renders the same pixels as `mujoco.Rende
 
 GL contexts are current in one thread at a time, so a renderer used from another thread
 than the one it was made in moves to that thread's context (rebuilding its `MjrContext`).
+A thread's GL contexts live until the process exits (the nodes render from one thread).
 Where MuJoCo has no GL context class (the Filament back-end), `mujoco.Renderer` is used.
 """
 
@@ -56,7 +57,7 @@ def _free_all() -> None:
         while _all_contexts:
             try:
                 _all_contexts.pop().free()
-            except Exception:  # noqa: B902 - the process is exiting; nothing to save
+            except Exception:  # the process is exiting: a context EGL already let go of
                 pass
 
 
