@@ -178,3 +178,33 @@ def test_a_closed_renderer_refuses_to_render(world):
             CameraRenderer(world._model, 96, 100_000)
     finally:
         other.close()
+
+
+def test_a_renderer_moving_threads_leaves_the_other_threads_renderers_intact():
+    # Thread B renders a world of its own, then a world first rendered here moves to B and
+    # back: every image must stay what a renderer of its own makes.
+    from concurrent.futures import ThreadPoolExecutor
+    from vlit_ros.sim import mjcf
+    here, there = World(Scene.generate(30)), World(Scene.generate(31))
+    thread_b = ThreadPoolExecutor(max_workers=1)
+    try:
+        for world in (here, there):
+            world.step('forward')
+        expected = {id(world): _reference_image(world, mjcf.FRONT_CAMERA, 96, 128)
+                    for world in (here, there)}
+        assert np.array_equal(here.render(), expected[id(here)])
+        assert np.array_equal(thread_b.submit(there.render).result(), expected[id(there)])
+        for _ in range(2):
+            assert np.array_equal(thread_b.submit(here.render).result(), expected[id(here)])
+            assert np.array_equal(thread_b.submit(there.render).result(),
+                                  expected[id(there)])
+            assert np.array_equal(here.render(), expected[id(here)])
+            assert np.array_equal(thread_b.submit(there.render).result(),
+                                  expected[id(there)])
+        # Closing a world from another thread than its renderer's leaves the others intact.
+        thread_b.submit(here.close).result()
+        assert np.array_equal(thread_b.submit(there.render).result(), expected[id(there)])
+    finally:
+        thread_b.submit(there.close).result()
+        thread_b.shutdown()
+        here.close()

@@ -10,14 +10,17 @@ its model's `MjrContext` and scene, and renders the same pixels as `mujoco.Rende
 
 GL contexts are current in one thread at a time, so a renderer used from another thread
 than the one it was made in moves to that thread's context (rebuilding its `MjrContext`).
-A thread's GL contexts live until the process exits (the nodes render from one thread).
+A rendering context is freed only where its GL context is current: one left on another
+thread's GL context (a renderer that moved, or was closed, elsewhere) is freed when that thread
+next renders at that size, or at exit. A thread's GL contexts live until the process exits
+(the nodes render from one thread).
 Where MuJoCo has no GL context class (the Filament back-end), `mujoco.Renderer` is used.
 """
 
 import atexit
 import os
 import threading
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -31,6 +34,9 @@ MAX_GEOMS = 1000
 
 _local = threading.local()
 _all_contexts = []
+# id(GL context) -> rendering contexts made on it, left by renderers that moved or closed
+# on another thread; freed by the context's own thread.
+_orphans: Dict[int, List[mujoco.MjrContext]] = {}
 _lock = threading.Lock()
 
 
@@ -49,7 +55,15 @@ def _shared_context(height: int, width: int):
                 atexit.register(_free_all)
             _all_contexts.append(context)
     context.make_current()
+    with _lock:
+        orphans = _orphans.pop(id(context), [])
+    for mjr in orphans:
+        mjr.free()
     return context
+
+
+def _is_this_threads(context) -> bool:
+    return any(context is mine for mine in getattr(_local, 'contexts', {}).values())
 
 
 def _free_all() -> None:
@@ -59,6 +73,8 @@ def _free_all() -> None:
                 _all_contexts.pop().free()
             except Exception:  # the process is exiting: a context EGL already let go of
                 pass
+        # Their GL objects went with their GL contexts.
+        _orphans.clear()
 
 
 class CameraRenderer:
@@ -87,7 +103,7 @@ class CameraRenderer:
         """Make this thread's GL context current and this model's rendering context on it."""
         context = _shared_context(self._height, self._width)
         if self._owner is not context:
-            self._free_mjr()
+            self._release_mjr()
             self._mjr = mujoco.MjrContext(self._model, mujoco.mjtFontScale.mjFONTSCALE_150)
             self._owner = context
         # Several rendering contexts share the GL context: select this one's buffer.
@@ -113,18 +129,22 @@ class CameraRenderer:
         # OpenGL's rows run bottom to top.
         return np.ascontiguousarray(out[::-1])
 
-    def _free_mjr(self) -> None:
-        if self._mjr is not None:
+    def _release_mjr(self) -> None:
+        """Free the rendering context on its GL context, or leave it to that context's thread."""
+        if self._mjr is None:
+            return
+        if _is_this_threads(self._owner):
+            self._owner.make_current()
             self._mjr.free()
-            self._mjr = None
+        else:
+            with _lock:
+                _orphans.setdefault(id(self._owner), []).append(self._mjr)
+        self._mjr = None
 
     def close(self) -> None:
         """Release this model's rendering context (the shared GL context stays)."""
         if self._fallback is not None:
             self._fallback.close()
             return
-        owner = getattr(_local, 'contexts', {}).get((self._height, self._width))
-        if owner is not None and owner is self._owner:
-            owner.make_current()
-        self._free_mjr()
+        self._release_mjr()
         self._owner = None
