@@ -214,6 +214,10 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     train_all.add_arguments(parser)
     stages = {name: argv for name, _, argv in train_all.plan_stages(parser.parse_args(argv))}
     assert list(stages) == ['gen-data', 'pretrain', 'finetune', 'polish']
+    assert '--trajectory-scenes' not in stages['gen-data']  # gen-data's default
+    more = parser.parse_args(argv + ['--trajectory-scenes', '1200'])
+    gen_data = train_all.plan_stages(more)[0][2]
+    assert gen_data[gen_data.index('--trajectory-scenes') + 1] == '1200'
     assert '--no-fusion-state' in stages['finetune']
     assert '--no-fusion-state' not in stages['polish']
     # The grounding labels and attribute weights are the same in both stages that train the
