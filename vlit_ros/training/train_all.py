@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--workers', type=int, default=2, help='gen-data processes (default: 2)')
     parser.add_argument('--trajectory-scenes', type=int, default=None, metavar='N',
                         help='gen-data --trajectory-scenes: scenes of expert trajectories '
-                             '(default: gen-data\'s)')
+                             "(default: gen-data's)")
     parser.add_argument('--seed', type=int, default=0, help='training seed (default: 0)')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch CPU threads (default: 0, torch decides)')
