@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data', default=None, metavar='DIR',
                         help='gen-data directory (default: OUT/data; reused when complete)')
     parser.add_argument('--workers', type=int, default=2, help='gen-data processes (default: 2)')
+    parser.add_argument('--trajectory-scenes', type=int, default=None, metavar='N',
+                        help='gen-data --trajectory-scenes: scenes of expert trajectories '
+                             '(default: gen-data\'s)')
     parser.add_argument('--seed', type=int, default=0, help='training seed (default: 0)')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch CPU threads (default: 0, torch decides)')
@@ -103,6 +106,8 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
               '--patch-attributes-weight', str(args.patch_attributes_weight),
               '--text-attributes-weight', str(args.text_attributes_weight)]
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
+               ([] if args.trajectory_scenes is None else
+                ['--trajectory-scenes', str(args.trajectory_scenes)]) +
                (['--quiet'] if args.quiet else []))]
     finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
                      '--text-encoder', args.text_encoder] + common + tuning + \
