@@ -183,26 +183,6 @@ def test_expert_searches_for_an_unseen_target_the_way_a_camera_only_robot_can(be
     assert success
 
 
-def test_expert_sweeps_right_once_the_left_is_seen_whatever_the_robot_did_last():
-    # The learner reads its largest unwrapped yaw so far (`sweep_features`); the expert's
-    # return leg must depend on that, not on the yaw rate, which a learner that paused
-    # (or turned left once) has lost.
-    class Obs:
-        def __init__(self, yaw_deg, w):
-            self.odom = (0.0, 0.0, math.radians(yaw_deg), 0.0, w)
-    expert = ExpertPolicy()
-    with World() as world:
-        world.reset(scene=_goto_scene(-70.0))
-        expert.reset('go to the red cube', task=GotoTask('red', 'cube'), world=world)
-        assert not expert.target_in_view()
-        assert [expert.act(Obs(yaw, 1.0)) for yaw in (10.0, 50.0, 90.0)] == ['turn_left'] * 3
-        assert expert.act(Obs(96.0, 1.0)) == 'turn_right'
-        # Back at 60 degrees, standing still: left of it has been seen, so go on right.
-        assert expert.act(Obs(60.0, 0.0)) == 'turn_right'
-        assert expert.act(Obs(30.0, 0.5)) == 'turn_right'
-        assert expert.last_rule == 'sweep'
-
-
 def test_expert_drives_at_a_target_in_view_and_finds_a_hidden_one():
     actions, success = _first_actions(_goto_scene(10.0))
     assert actions[0] in ('forward', 'forward_left') and success

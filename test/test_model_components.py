@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
-from vlit_ros.core.model import (as_image_batch, ExecutorConfig, FusionConfig,
-                                 InstructionExecutor, ModelConfig, normalize_instruction,
-                                 odometry_features, PretrainConfig, PretrainingModel,
-                                 TextConfig, VisionConfig, VLITModel)
+from vlit_ros.core.model import (as_image_batch, ExecutorConfig, FusionConfig, ModelConfig,
+                                 normalize_instruction, odometry_features, PretrainConfig,
+                                 PretrainingModel, TextConfig, VisionConfig, VLITModel)
 from vlit_ros.core.model.fusion import CrossModalFusion, TaskHead
 from vlit_ros.core.model.text import TextEmbeddingCache
 
@@ -357,26 +356,6 @@ def test_odometry_features():
                                  np.array([2.5 * math.pi]))
     assert isinstance(in_numpy, np.ndarray)
     assert np.allclose(in_numpy, features.numpy(), atol=1e-6)
-
-
-def test_sweep_features_say_how_far_the_robot_has_turned_each_way():
-    config = ExecutorConfig(sweep_features=True)
-    assert config.odometry_dim == 10 and ExecutorConfig().odometry_dim == 8
-    odom = torch.tensor([[0.0, 0.0, 0.5, 0.0, -0.8]])
-    # Back at +0.5 rad on the way right after turning left to +1.7: the current yaw alone
-    # is the same as on the way left.
-    features = odometry_features(odom, torch.tensor([3.0]), config, torch.tensor([0.5]),
-                                 torch.tensor([1.7]), torch.tensor([-0.1]))
-    assert features.shape == (1, 10)
-    assert features[0, 8] == pytest.approx(1.7 / math.pi)
-    assert features[0, 9] == pytest.approx(-0.1 / math.pi)
-    plain = odometry_features(odom, torch.tensor([3.0]), ExecutorConfig(), torch.tensor([0.5]))
-    assert torch.equal(features[:, :8], plain)
-    # Without a record of the turns so far, both are the current unwrapped yaw.
-    alone = odometry_features(odom, torch.tensor([3.0]), config, torch.tensor([0.5]))
-    assert alone[0, 8] == alone[0, 9] == pytest.approx(0.5 / math.pi)
-    executor = InstructionExecutor(16, config)
-    assert executor.body[0].in_features == 16 + 10 + NUM_ACTIONS
 
 
 def test_previous_action_defaults_to_the_start_action(minilm_model):

@@ -31,7 +31,6 @@ from vlit_ros.training.presets import model_config
 FORWARD = ACTION_INDEX['forward']
 # The fused state of the tiny test model (state query, sentence, grounding map, task numbers).
 STATE_DIM = VLITModel(model_config('tiny', 'builtin')).vlm.state_dim
-ODOMETRY_DIM = model_config('tiny', 'builtin').executor.odometry_dim
 # The executor's input: fused state, odometry, previous action, and the progress features.
 EXECUTOR_INPUT = VLITModel(model_config('tiny', 'builtin')).executor.body[0].in_features
 
@@ -74,7 +73,7 @@ def optimizer_tensors(learner):
 def states(model, count, seed):
     rng = np.random.default_rng(seed)
     fused = rng.normal(size=(count, model.vlm.state_dim)).astype(np.float32)
-    odometry = rng.normal(scale=0.3, size=(count, model.config.executor.odometry_dim)).astype(np.float32)
+    odometry = rng.normal(scale=0.3, size=(count, 8)).astype(np.float32)
     return fused, odometry
 
 
@@ -132,7 +131,7 @@ def test_pack_unpack_round_trip_is_exact(model):
     for transition in (one_transition(model),
                        one_transition(model, instruction='go to the red cube', image=image)):
         header, values = pack_transition(transition)
-        assert header['layout'] == EXPERIENCE_LAYOUT and len(values) == ODOMETRY_DIM + STATE_DIM
+        assert header['layout'] == EXPERIENCE_LAYOUT and len(values) == 8 + STATE_DIM
         for back in (unpack_transition(json.dumps(header), values, state_dim=STATE_DIM),
                      decode_transition(encode_transition(transition))):
             assert np.array_equal(back.fused, transition.fused)
@@ -158,7 +157,7 @@ def _corrupt(header, values, change):
 @pytest.mark.parametrize('change, message', [
     (lambda h, v: h.update(layout='vlit_ros/experience/2'), 'layout'),
     (lambda h, v: h.pop('log_prob'), 'lacks log_prob'),
-    (lambda h, v: v.pop(), f'carries {ODOMETRY_DIM + STATE_DIM - 1} values'),
+    (lambda h, v: v.pop(), f'carries {8 + STATE_DIM - 1} values'),
     (lambda h, v: v.__setitem__(3, float('nan')), 'NaN'),
     (lambda h, v: v.__setitem__(20, 1e39), 'float32'),
     (lambda h, v: h.update(value=float('inf')), 'value must be a finite number'),
@@ -167,7 +166,6 @@ def _corrupt(header, values, change):
     (lambda h, v: h.update(log_prob=0.5), 'not a log-probability'),
     (lambda h, v: h.update(temperature=0.0), 'temperature must be positive'),
     (lambda h, v: h.update(odometry_dim=5), 'odometry_dim 5'),
-    (lambda h, v: h.update(odometry_dim=h['odometry_dim'] ^ 2), "this model's executor takes"),
     (lambda h, v: (h.update(state_dim=STATE_DIM - 4), v.__delitem__(slice(0, 4))),
      f'state_dim {STATE_DIM - 4}'),
     (lambda h, v: h.update(image_shape=[96, 128, 3], image='AAAA'), 'image has 3 bytes'),
@@ -176,7 +174,7 @@ def _corrupt(header, values, change):
 def test_bad_experience_is_rejected_with_the_reason(model, change, message):
     header, values = _corrupt(*pack_transition(one_transition(model)), change)
     with pytest.raises(ValueError, match=message):
-        unpack_transition(header, values, state_dim=STATE_DIM, odometry_dim=ODOMETRY_DIM)
+        unpack_transition(header, values, state_dim=STATE_DIM)
 
 
 def test_garbled_experience_messages_are_rejected(model):

@@ -95,24 +95,6 @@ def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
         assert policy.act(obs) in ACTIONS
 
 
-def test_sweep_features_of_the_data_are_running_extremes_per_episode(data):
-    frames = TrajectorySet.load([data], FAMILIES, 0)
-    yaw, step = frames.arrays['yaw_total'], frames.arrays['step']
-    starts = np.flatnonzero(step == 0)
-    assert len(starts) > 1
-    for first, end in zip(starts, list(starts[1:]) + [len(step)]):
-        # What the policy keeps at run time: extremes since the instruction, which began
-        # at yaw 0.
-        episode = np.concatenate([[0.0], yaw[first:end]])
-        assert np.allclose(frames.arrays['yaw_max'][first:end],
-                           np.maximum.accumulate(episode)[1:])
-        assert np.allclose(frames.arrays['yaw_min'][first:end],
-                           np.minimum.accumulate(episode)[1:])
-    assert (frames.arrays['yaw_max'] > 0.5).any() and (frames.arrays['yaw_min'] < -0.5).any()
-    batch = finetune.FamilyBatches(frames, 16, 0, loop.DistributedContext()).batch(0)
-    assert batch['yaw_max'].shape == batch['yaw_min'].shape == (16,)
-
-
 def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
     torch.manual_seed(0)
     model = VLITModel(model_config('tiny')).train()

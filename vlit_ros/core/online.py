@@ -6,8 +6,7 @@ are thin shells around it.
 
 Experience (layout `vlit_ros/experience/1`, `EXPERIENCE_LAYOUT_VERSION` 1). A `Transition`
 is one control decision of the follower: the compact fused state the executor consumed
-(`VisionLanguageModel.fuse` output, float32, state_dim), the executor's 8 odometry features
-(10 with `ExecutorConfig.sweep_features`),
+(`VisionLanguageModel.fuse` output, float32, state_dim), the executor's 8 odometry features,
 the previous and the chosen action index, the chosen action's log-probability under the
 distribution it was drawn from (softmax(logits / temperature)), the value estimate, the
 policy version, the stamp (seconds, ROS time of the camera frame) and the episode id (the
@@ -21,7 +20,7 @@ JSON-ready header and a flat list of float32 values:
               "odometry_dim": 8, "state_dim": 693,
               "instruction": "go to the red cube",        # optional
               "image_shape": [96, 128, 3], "image": "<base64 of the uint8 RGB pixels>"}
-    values = odometry features (odometry_dim) followed by the fused state (state_dim)
+    values = odometry features (8) followed by the fused state (state_dim)
 
 `encode_transition` / `decode_transition` put both in one JSON text (`"values"` added to the
 header) for std_msgs/String; the pair also fits std_msgs/Float32MultiArray with the header
@@ -104,7 +103,7 @@ class Transition:
 
     # fused state (state_dim,) float32 the executor consumed
     fused: np.ndarray
-    # executor odometry features (8,) or (10,) float32 (`odometry_features`)
+    # executor odometry features (8,) float32 (`odometry_features`)
     odometry: np.ndarray
     # action index taken one decision before (the start action at an instruction's start)
     prev_action: int
@@ -135,8 +134,6 @@ class Transition:
 
 
 _HEADER_NUMBERS = ('stamp', 'log_prob', 'value', 'temperature')
-# Widths of the executor's odometry features (`ExecutorConfig.odometry_dim`).
-_ODOMETRY_DIMS = (ODOMETRY_FEATURES, ODOMETRY_FEATURES + 2)
 _HEADER_INTEGERS = ('episode', 'prev_action', 'action', 'odometry_dim', 'state_dim')
 
 
@@ -161,14 +158,12 @@ def pack_transition(transition: Transition) -> Tuple[Dict[str, Any], List[float]
 
 
 def unpack_transition(header: Union[str, Mapping[str, Any]], values: Sequence[float],
-                      state_dim: Optional[int] = None,
-                      odometry_dim: Optional[int] = None) -> Transition:
+                      state_dim: Optional[int] = None) -> Transition:
     """
     Rebuild a transition from `pack_transition` output, checking every field.
 
-    `header` may be the JSON text or the parsed object. With `state_dim` and
-    `odometry_dim`, the fused state and the odometry features must have those sizes (the
-    receiving model's). Raises ValueError saying what is wrong.
+    `header` may be the JSON text or the parsed object. With `state_dim`, the fused state
+    must have that size (the receiving model's). Raises ValueError saying what is wrong.
     """
     if isinstance(header, (str, bytes)):
         try:
@@ -205,12 +200,9 @@ def unpack_transition(header: Union[str, Mapping[str, Any]], values: Sequence[fl
     if header['temperature'] <= 0.0:
         raise ValueError(f'experience temperature must be positive, got '
                          f'{header["temperature"]}')
-    if header['odometry_dim'] not in _ODOMETRY_DIMS:
-        raise ValueError(f'experience odometry_dim {header["odometry_dim"]}; executors take '
-                         f'{" or ".join(map(str, _ODOMETRY_DIMS))}')
-    if odometry_dim is not None and header['odometry_dim'] != odometry_dim:
-        raise ValueError(f'experience odometry_dim {header["odometry_dim"]}; this model\'s '
-                         f'executor takes {odometry_dim}')
+    if header['odometry_dim'] != ODOMETRY_FEATURES:
+        raise ValueError(f'experience odometry_dim {header["odometry_dim"]}; the executor '
+                         f'takes {ODOMETRY_FEATURES}')
     if header['state_dim'] <= 0:
         raise ValueError(f'experience state_dim must be positive, got {header["state_dim"]}')
     if state_dim is not None and header['state_dim'] != state_dim:
@@ -232,8 +224,7 @@ def unpack_transition(header: Union[str, Mapping[str, Any]], values: Sequence[fl
     if not isinstance(instruction, str):
         raise ValueError('experience instruction must be a string')
     return Transition(
-        fused=array[header['odometry_dim']:].copy(),
-        odometry=array[:header['odometry_dim']].copy(),
+        fused=array[ODOMETRY_FEATURES:].copy(), odometry=array[:ODOMETRY_FEATURES].copy(),
         prev_action=header['prev_action'], action=header['action'],
         log_prob=float(header['log_prob']), value=float(header['value']),
         policy_version=header['policy_version'], stamp=float(header['stamp']),
@@ -264,8 +255,7 @@ def encode_transition(transition: Transition) -> str:
     return json.dumps(dict(header, values=values), separators=(',', ':'))
 
 
-def decode_transition(text: Union[str, bytes], state_dim: Optional[int] = None,
-                      odometry_dim: Optional[int] = None) -> Transition:
+def decode_transition(text: Union[str, bytes], state_dim: Optional[int] = None) -> Transition:
     """Parse `encode_transition` output; ValueError says what is wrong."""
     try:
         message = json.loads(text)
@@ -276,7 +266,7 @@ def decode_transition(text: Union[str, bytes], state_dim: Optional[int] = None,
     values = message.pop('values')
     if not isinstance(values, list):
         raise ValueError('experience "values" must be a list of numbers')
-    return unpack_transition(message, values, state_dim, odometry_dim)
+    return unpack_transition(message, values, state_dim)
 
 
 # -- rewards ----------------------------------------------------------------------------

@@ -30,15 +30,13 @@ from vlit_ros.core.model.vision import as_image_batch
 class _Robot:
     """What the policy remembers about one robot since its instruction began."""
 
-    __slots__ = ('instruction', 'prev_action', 'yaw_total', 'last_yaw', 'yaw_max', 'yaw_min')
+    __slots__ = ('instruction', 'prev_action', 'yaw_total', 'last_yaw')
 
     def __init__(self, instruction: str, start_action: int):
         self.instruction = instruction
         self.prev_action = start_action
         self.yaw_total = 0.0
         self.last_yaw = 0.0
-        self.yaw_max = 0.0
-        self.yaw_min = 0.0
 
 
 def _check_instruction(instruction) -> str:
@@ -137,13 +135,9 @@ class ModelPolicy:
         for robot, yaw in zip(self._robots, odom[:, 2]):
             robot.yaw_total += wrap_angle(float(yaw) - robot.last_yaw)
             robot.last_yaw = float(yaw)
-            robot.yaw_max = max(robot.yaw_max, robot.yaw_total)
-            robot.yaw_min = min(robot.yaw_min, robot.yaw_total)
-        robots = self._robots
+        yaw_total = np.array([robot.yaw_total for robot in self._robots])
         odometry = torch.from_numpy(odometry_features(
-            odom, t, self.model.config.executor, np.array([r.yaw_total for r in robots]),
-            np.array([r.yaw_max for r in robots]),
-            np.array([r.yaw_min for r in robots])).astype(np.float32)).to(device)
+            odom, t, self.model.config.executor, yaw_total).astype(np.float32)).to(device)
         prev = torch.tensor([robot.prev_action for robot in self._robots], device=device)
         probabilities, values = self.runner(images, self._text, odometry, prev)
         probabilities = probabilities.cpu().numpy().astype(np.float64)

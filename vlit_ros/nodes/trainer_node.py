@@ -339,9 +339,7 @@ class TrainerNode(Node):
 
     def _on_experience(self, msg: String) -> None:
         try:
-            model = self._learner.model
-            transition = decode_transition(msg.data, model.vlm.state_dim,
-                                           model.config.executor.odometry_dim)
+            transition = decode_transition(msg.data, self._learner.model.vlm.state_dim)
         except ValueError as exc:
             with self._lock:
                 self._counts['experience_rejected'] += 1

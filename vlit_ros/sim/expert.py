@@ -9,9 +9,7 @@ While the target is outside the camera's view (or hidden behind another object),
 expert that knew where it was would turn straight toward it, a choice the learner cannot
 copy: it only sees the image. So with `observable_search` (the default) the expert searches
 the way a camera-only robot can: it sweeps left until it has turned `_SWEEP_LEFT_DEG`, then
-right (once the sweep has reached that heading, or while the robot already turns right: what
-the learner reads from its largest unwrapped yaw so far, `ExecutorConfig.sweep_features`,
-and its yaw rate), and only falls back to its privileged
+right, keeps turning the way it is already turning, and only falls back to its privileged
 knowledge once the sweep has covered every bearing an object can start at. Every choice
 depends on things the learner has too: the image, the odometry since the instruction and the
 motion so far. A target lost from view while driving (an arc around an obstacle) is turned
@@ -79,7 +77,6 @@ class ExpertPolicy:
         self._world = world
         self._target = task.target(world.scene) if isinstance(task, GotoTask) else None
         self._cumulative_yaw = 0.0
-        self._max_yaw = 0.0
         self._last_yaw = 0.0
         self._search_done = False
 
@@ -88,7 +85,6 @@ class ExpertPolicy:
             raise RuntimeError('call reset() before act()')
         yaw = obs.odom[2]
         self._cumulative_yaw += wrap_angle(yaw - self._last_yaw)
-        self._max_yaw = max(self._max_yaw, self._cumulative_yaw)
         self._last_yaw = yaw
         task = self._task
         self.last_rule = 'not_goto'
@@ -181,9 +177,9 @@ class ExpertPolicy:
             return None
         if math.hypot(odom[0], odom[1]) > _DRIVEN_M:
             return None  # lost on the way: it was in view a moment ago
-        if odom[4] < -_TURNING_RADPS or math.degrees(self._max_yaw) >= _SWEEP_LEFT_DEG:
-            return 'turn_right'  # the sweep has turned right, or has seen the left: go on
-        return 'turn_left'
+        if odom[4] < -_TURNING_RADPS:
+            return 'turn_right'  # the sweep has turned right: go on
+        return 'turn_left' if swept < _SWEEP_LEFT_DEG else 'turn_right'
 
     def _clear_heading(self, pose, bearing: float, distance: float) -> float:
         """Return the clear heading (robot frame) closest to `bearing`."""

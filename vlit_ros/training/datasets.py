@@ -71,9 +71,6 @@ class CaptionSet:
 # Per-frame arrays of a trajectory set.
 _FRAME_ARRAYS = ('image', 'odom', 'pose', 'yaw_total', 't', 'expert_action', 'taken_action',
                  'step')
-# Per-frame arrays computed from them: the largest and smallest unwrapped yaw of the episode
-# so far (`ExecutorConfig.sweep_features`; the policy keeps the same at run time).
-_SWEEP = ('yaw_max', 'yaw_min')
 # Auxiliary regression targets of a frame (see `auxiliary_targets`).
 AUXILIARY_TARGETS = ('goto_bearing', 'goto_log_distance', 'goto_visible', 'turn_angle',
                      'move_distance')
@@ -434,7 +431,7 @@ class TrajectorySet:
                     families: Sequence[str], start_action: int,
                     size: Optional[Tuple[int, int]] = None,
                     all_objects: bool = False) -> 'TrajectorySet':
-        columns: Dict[str, List[np.ndarray]] = {name: [] for name in _FRAME_ARRAYS + _SWEEP}
+        columns: Dict[str, List[np.ndarray]] = {name: [] for name in _FRAME_ARRAYS}
         text_ids: Dict[str, int] = {}
         query_ids: Dict[str, int] = {}
         text_index, prev, family, auxiliary, auxiliary_mask, boxes = [], [], [], [], [], []
@@ -446,17 +443,10 @@ class TrajectorySet:
                 continue
             per_frame_text = np.empty(frames, np.int64)
             per_frame_family = np.empty(frames, np.int64)
-            sweep = {'yaw_max': np.empty(frames, np.float32),
-                     'yaw_min': np.empty(frames, np.float32)}
             for episode in meta['episodes']:
                 span = slice(episode['first_frame'], episode['first_frame'] + episode['frames'])
                 per_frame_text[span] = text_ids.setdefault(episode['text'], len(text_ids))
                 per_frame_family[span] = families.index(episode['family'])
-                yaw = arrays['yaw_total'][span]
-                sweep['yaw_max'][span] = np.maximum.accumulate(np.maximum(yaw, 0.0))
-                sweep['yaw_min'][span] = np.minimum.accumulate(np.minimum(yaw, 0.0))
-            for name, column in sweep.items():
-                columns[name].append(column)
             labels = shard_labels(meta['episodes'], arrays['pose'], all_objects)
             targets, mask, box = labels.auxiliary, labels.auxiliary_mask, labels.target_box
             query = np.array([query_ids.setdefault(text, len(query_ids))

@@ -171,7 +171,6 @@ class FamilyBatches:
         batch = {'image': arrays['image'][rows], 'texts': self.data.texts,
                  'text_index': self.data.text_index[rows], 'odom': arrays['odom'][rows],
                  't': arrays['t'][rows], 'yaw_total': arrays['yaw_total'][rows],
-                 'yaw_max': arrays['yaw_max'][rows], 'yaw_min': arrays['yaw_min'][rows],
                  'prev_action': self.data.prev_action[rows],
                  'action': arrays['expert_action'][rows],
                  'auxiliary': self.data.auxiliary[rows],

@@ -27,7 +27,7 @@ def model_config(preset: str = 'cpu', text_encoder: str = 'minilm') -> ModelConf
                          f'{TEXT_ENCODERS}')
     text = TextConfig(kind=text_encoder, cache_size=TRAINING_TEXT_CACHE)
     if preset == 'default':
-        return ModelConfig(text=text, executor=ExecutorConfig(sweep_features=True))
+        return ModelConfig(text=text)
     if preset == 'tiny':
         if text_encoder == 'builtin':
             text = TextConfig(kind='builtin', cache_size=TRAINING_TEXT_CACHE, dim=32, depth=1,
@@ -36,7 +36,7 @@ def model_config(preset: str = 'cpu', text_encoder: str = 'minilm') -> ModelConf
             vision=VisionConfig(patch_size=16, dim=32, depth=1, heads=2, mlp_ratio=2.0),
             text=text,
             fusion=FusionConfig(projector_hidden=32, dim=32, depth=1, heads=2, mlp_ratio=2.0),
-            executor=ExecutorConfig(hidden=32, layers=1, sweep_features=True),
+            executor=ExecutorConfig(hidden=32, layers=1),
             pretrain=PretrainConfig(mlm_dim=32, mlm_heads=2, itm_hidden=32))
     if text_encoder == 'builtin':
         text = TextConfig(kind='builtin', cache_size=TRAINING_TEXT_CACHE, dim=128, depth=2,
@@ -45,5 +45,5 @@ def model_config(preset: str = 'cpu', text_encoder: str = 'minilm') -> ModelConf
         vision=VisionConfig(patch_size=16, dim=128, depth=3, heads=4, mlp_ratio=2.0),
         text=text,
         fusion=FusionConfig(projector_hidden=256, dim=128, depth=2, heads=4, mlp_ratio=2.0),
-        executor=ExecutorConfig(hidden=256, layers=2, sweep_features=True),
+        executor=ExecutorConfig(hidden=256, layers=2),
         pretrain=PretrainConfig(mlm_dim=128, mlm_heads=4, itm_hidden=128))

@@ -208,10 +208,6 @@ class ExecutorConfig:
     # reads the instruction only through the sentence embedding, the grounding map and the
     # task parameters, so "drive to whatever is ahead" cannot be read off the image
     fusion_state: bool = True
-    # also feed how far the robot has turned each way since the instruction (the largest and
-    # smallest unwrapped yaw so far): where a left-then-right search for an unseen target
-    # stands, which the current yaw alone does not tell (it passes the same headings twice)
-    sweep_features: bool = False
 
     def __post_init__(self):
         owner = 'ExecutorConfig'
@@ -224,12 +220,6 @@ class ExecutorConfig:
         _check_number(owner, 'time_scale_s', self.time_scale_s, 0.0, 1e4, True)
         _check_bool(owner, 'progress_features', self.progress_features)
         _check_bool(owner, 'fusion_state', self.fusion_state)
-        _check_bool(owner, 'sweep_features', self.sweep_features)
-
-    @property
-    def odometry_dim(self) -> int:
-        """Width of the executor's odometry features (`executor.odometry_features`)."""
-        return 10 if self.sweep_features else 8
 
 
 @dataclass

@@ -2,8 +2,7 @@
 The InstructionExecutor and the instruction-following model built on it.
 
 - `odometry_features`: (x, y, yaw, v, w) in the instruction frame, the unwrapped yaw since
-  the instruction and the time since it -> 8 features of order one; with
-  `ExecutorConfig.sweep_features` also the largest and smallest unwrapped yaw so far (10).
+  the instruction and the time since it -> 8 features of order one.
 - `InstructionExecutor`: MLP over [fused state, odometry features, previous action
   one-hot] -> logits over `ACTIONS` and a value estimate. With `fusion_state` off in its
   config it skips the fusion Transformer's part of the fused state and reads the
@@ -25,7 +24,6 @@ Training batches are mappings:
 | `odom` | (B, 5) x, y, yaw, v, w in the frame where the instruction began |
 | `t` | (B,) seconds since the instruction |
 | `yaw_total` | optional (B,) unwrapped yaw since the instruction (default: `odom` yaw) |
-| `yaw_max`, `yaw_min` | optional (B,) largest and smallest `yaw_total` so far (default: it) |
 | `prev_action` | optional (B,) action indices taken one frame before (default: start action) |
 | `action` | optional (B,) target action indices; the loss is their cross-entropy |
 """
@@ -46,7 +44,6 @@ from vlit_ros.core.model.text import TextFeatures
 from vlit_ros.core.model.vision import as_image_batch
 from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
 
-# Odometry features without the sweep features (`ExecutorConfig.odometry_dim`: with them).
 ODOMETRY_FEATURES = 8
 # Remaining distance (m) and angle (rad), and each through tanh(gain * x): 4 features.
 PROGRESS_FEATURES = 4
@@ -54,30 +51,24 @@ PROGRESS_FEATURES = 4
 _PROGRESS_GAIN = 4.0
 
 
-def odometry_features(odom, t, config: ExecutorConfig, yaw_total=None, yaw_max=None,
-                      yaw_min=None):
+def odometry_features(odom, t, config: ExecutorConfig, yaw_total=None):
     """
-    Return (B, `config.odometry_dim`) executor features from odometry (B, 5) and time (B,).
+    Return (B, 8) executor features from odometry (B, 5) and time (B,).
 
     Features: x and y over `distance_scale_m`, sin and cos of yaw, the unwrapped yaw over pi
     (turns of up to 360 degrees are ambiguous from sin/cos alone), v, w, and t over
-    `time_scale_s`; with `config.sweep_features`, the largest and smallest unwrapped yaw
-    since the instruction over pi (`yaw_max`, `yaw_min`; default: the unwrapped yaw). Takes
-    torch tensors or numpy arrays and returns the same kind: a policy acting on one robot
-    computes them in numpy, where a dozen tiny torch operations would cost more than the
-    arithmetic.
+    `time_scale_s`. Takes torch tensors or numpy arrays and returns the same kind: a policy
+    acting on one robot computes them in numpy, where a dozen tiny torch operations would
+    cost more than the arithmetic.
     """
     ops = np if isinstance(odom, np.ndarray) else torch
     yaw = odom[..., 2]
     if yaw_total is None:
         yaw_total = yaw
-    features = [odom[..., 0] / config.distance_scale_m, odom[..., 1] / config.distance_scale_m,
-                ops.sin(yaw), ops.cos(yaw), yaw_total / math.pi, odom[..., 3], odom[..., 4],
-                t / config.time_scale_s]
-    if config.sweep_features:
-        features += [(yaw_total if yaw_max is None else yaw_max) / math.pi,
-                     (yaw_total if yaw_min is None else yaw_min) / math.pi]
-    return ops.stack(features, -1)
+    return ops.stack([odom[..., 0] / config.distance_scale_m,
+                      odom[..., 1] / config.distance_scale_m, ops.sin(yaw), ops.cos(yaw),
+                      yaw_total / math.pi, odom[..., 3], odom[..., 4],
+                      t / config.time_scale_s], -1)
 
 
 class ExecutorOutput(NamedTuple):
@@ -117,7 +108,7 @@ class InstructionExecutor(nn.Module):
         if not 0 <= self.skip < state_dim:
             raise ValueError(f'cannot skip {self.skip} of {state_dim} fused-state entries')
         layers = []
-        width = state_dim - self.skip + config.odometry_dim + NUM_ACTIONS + \
+        width = state_dim - self.skip + ODOMETRY_FEATURES + NUM_ACTIONS + \
             (PROGRESS_FEATURES if self.progress else 0)
         for _ in range(config.layers):
             layers += [nn.Linear(width, config.hidden), nn.GELU(), nn.Dropout(config.dropout)]
@@ -194,7 +185,7 @@ class VLITModel(nn.Module):
         """
         Run the per-frame path on tensors already on the model's device.
 
-        `images` uint8 (B, H, W, 3), `text` encoded instructions, `odometry` the (B, 8 or 10)
+        `images` uint8 (B, H, W, 3), `text` encoded instructions, `odometry` the (B, 8)
         output of `odometry_features`, `prev_action` (B,) indices.
         """
         pixels = self.vlm.preprocess(images)
@@ -212,17 +203,14 @@ class VLITModel(nn.Module):
         return features.index(inverse.to(features.tokens.device))
 
     def batch_odometry(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Return the (B, `ExecutorConfig.odometry_dim`) odometry features of a batch."""
+        """Return the (B, 8) odometry features of a batch."""
         device = self.device
-
-        def optional(name):
-            value = batch.get(name)
-            return None if value is None else _tensor(value, torch.float32, device)
+        yaw_total = batch.get('yaw_total')
         return odometry_features(
             _tensor(batch['odom'], torch.float32, device), _tensor(batch['t'], torch.float32,
                                                                    device),
-            self.config.executor, optional('yaw_total'), optional('yaw_max'),
-            optional('yaw_min'))
+            self.config.executor,
+            None if yaw_total is None else _tensor(yaw_total, torch.float32, device))
 
     def forward(self, batch: Mapping[str, Any]
                 ) -> Tuple[ExecutorOutput, Optional[torch.Tensor]]:
