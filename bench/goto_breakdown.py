@@ -23,8 +23,8 @@ from pathlib import Path
 import sys
 from typing import Dict, Iterable, List
 
-from vlit_ros.core.geometry import wrap_angle
-from vlit_ros.sim.scene import RobotSpec, Scene
+from vlit_ros.core.geometry import to_frame
+from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import GotoTask
 
 # Beyond this start distance (m) a target counts as far: the grounding map finds targets
@@ -44,10 +44,9 @@ def episode_factors(episode: dict) -> Dict[str, str]:
     task = GotoTask(episode['task'].get('color'), episode['task'].get('shape'))
     scene = Scene.generate(int(episode['seed']))
     target = task.target(scene)
-    dx, dy = target.x - scene.robot_x, target.y - scene.robot_y
-    bearing = math.degrees(wrap_angle(math.atan2(dy, dx) - scene.robot_yaw))
-    half_view = RobotSpec().camera_hfov_deg / 2.0
-    if abs(bearing) <= half_view:
+    ahead, left = to_frame((scene.robot_x, scene.robot_y, scene.robot_yaw), target.x, target.y)
+    bearing = math.degrees(math.atan2(left, ahead))
+    if abs(bearing) <= scene.robot.camera_hfov_deg / 2.0:
         start = 'in view'
     else:
         start = 'out of view, left' if bearing > 0 else 'out of view, right'
@@ -58,7 +57,7 @@ def episode_factors(episode: dict) -> Dict[str, str]:
             'same colour nearby': 'another of its colour' if same_colour else
             'only one of its colour',
             'starts': start,
-            'distance': f'beyond {FAR_M:g} m' if math.hypot(dx, dy) > FAR_M else
+            'distance': f'beyond {FAR_M:g} m' if math.hypot(ahead, left) > FAR_M else
             f'up to {FAR_M:g} m'}
 
 
