@@ -5,8 +5,13 @@
 
 import json
 import math
+import os
 from pathlib import Path
 import random
+import signal
+import subprocess
+import sys
+import time
 from unittest import mock
 
 import numpy as np
@@ -235,6 +240,53 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
     assert _files(tmp_path / 'a') == first
     with pytest.raises(ValueError, match='another configuration'):
         generate(tmp_path / 'a', GenDataConfig(caption_scenes=5), progress=False)
+
+
+def _children(pid):
+    found = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid):
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ('Z', 'X')
+
+
+def test_gen_data_workers_exit_when_their_parent_is_killed(tmp_path):
+    # A SIGKILLed gen-data (an out-of-memory kill) used to leave its pool workers waiting
+    # forever on a queue nobody would close.
+    command = [sys.executable, '-m', 'vlit_ros.cli', 'gen-data', '--out', str(tmp_path / 'd'),
+               '--caption-scenes', '200', '--trajectory-scenes', '200',
+               '--scenes-per-shard', '1', '--workers', '2', '--quiet']
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and parent.poll() is None:
+        workers = [pid for pid in _children(parent.pid)
+                   if b'resource_tracker' not in Path(f'/proc/{pid}/cmdline').read_bytes()]
+        if len(workers) >= 2 and any((tmp_path / 'd' / 'captions').glob('*.json')):
+            break
+        time.sleep(0.2)
+    assert parent.poll() is None and len(workers) >= 2, 'gen-data never started its workers'
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.2)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f'workers {left} outlived their killed parent'
 
 
 def test_gen_data_shards_hold_consistent_records(tmp_path):

@@ -20,9 +20,12 @@ import argparse
 from concurrent.futures import as_completed, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 import multiprocessing
+import os
 from pathlib import Path
 import random
 import sys
+import threading
+import time
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -183,6 +186,21 @@ def _build_shard(out: str, kind: str, shard: int, config: dict) -> Tuple[str, in
     return kind, shard, meta['records']
 
 
+def _exit_with_parent(parent_pid: int, period: float = 1.0) -> None:
+    """
+    Worker initializer: end this worker when the process that started it is gone.
+
+    A pool's workers hold both ends of their task queue, so a parent killed outright
+    (SIGKILL, an out-of-memory kill) never closes it and they would wait forever.
+    """
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
+
+
 def generate(out: Path, config: GenDataConfig, workers: int = 1,
              progress: bool = True) -> dict:
     """
@@ -208,7 +226,9 @@ def generate(out: Path, config: GenDataConfig, workers: int = 1,
     if workers > 1 and len(todo) > 1:
         # Spawned, not forked: each worker opens its own rendering context.
         context = multiprocessing.get_context('spawn')
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                 initializer=_exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_build_shard, str(out), k, s, asdict(config))
                        for k, s in todo]
             for future in as_completed(futures):
