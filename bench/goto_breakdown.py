@@ -13,6 +13,13 @@ robot had to do: how the instruction names the target (colour and shape, colour 
 only), whether another object shares the target's colour, whether the target starts in the
 camera's view or out of it to the left or right, and whether it starts more than 3 m away.
 The table also gives each group's failure reasons. Nothing is simulated: it takes a second.
+
+    python bench/goto_breakdown.py RUN1.json RUN2.json [...] --by-scene
+
+With `--by-scene`, the files are runs of different policies (or training runs) on the same
+scenes: each scene is counted by how many runs solve it, and the scenes every run solves,
+some runs solve and no run solves are split by the same factors, which tells scenes the
+recipe cannot do from scenes it does by luck.
 """
 
 import argparse
@@ -87,6 +94,67 @@ def breakdown(episodes: Iterable[dict]) -> List[dict]:
     return rows
 
 
+def by_scene(runs: List[List[dict]]) -> dict:
+    """
+    Count the goto scenes of several runs by how many runs solve them.
+
+    Every run must hold the same goto episodes (same seeds and instructions). Returns the
+    number of scenes per count of runs solving them, the mean and best-of-runs success, and
+    per group ('every run', 'some runs', 'no run') its scenes and factor values.
+    """
+    if len(runs) < 2:
+        raise ValueError('--by-scene needs two or more runs on the same scenes')
+    keyed = []
+    for run in runs:
+        goto = {(e['seed'], e['text']): e for e in run if e.get('family') == 'goto'}
+        if not goto:
+            raise ValueError('no goto episodes in the input')
+        keyed.append(goto)
+    if any(set(goto) != set(keyed[0]) for goto in keyed[1:]):
+        raise ValueError('--by-scene needs runs of the same goto episodes '
+                         '(same --seed, --episodes and instructions)')
+    solved = {key: sum(bool(goto[key]['success']) for goto in keyed) for key in keyed[0]}
+    count = len(runs)
+    groups: Dict[str, List[tuple]] = {'every run': [], 'some runs': [], 'no run': []}
+    for key, wins in solved.items():
+        groups['every run' if wins == count else 'no run' if wins == 0 else
+               'some runs'].append(key)
+    factors = {}
+    for name, keys in groups.items():
+        shares = Counter()
+        for key in keys:
+            shares.update(episode_factors(keyed[0][key]).items())
+        factors[name] = {f'{factor}: {value}': shares[(factor, value)]
+                         for factor, values in FACTORS.items() for value in values}
+    scenes = len(solved)
+    return {'runs': count, 'scenes': scenes,
+            'solved_by': {str(k): sum(1 for wins in solved.values() if wins == k)
+                          for k in range(count + 1)},
+            'mean_success_rate': sum(solved.values()) / (scenes * count),
+            'best_of_runs_success_rate': sum(1 for wins in solved.values() if wins) / scenes,
+            'groups': {name: len(keys) for name, keys in groups.items()},
+            'factors': factors}
+
+
+def format_by_scene(result: dict) -> str:
+    scenes, groups = result['scenes'], result['groups']
+    counts = ', '.join(f'{k}: {v}' for k, v in result['solved_by'].items())
+    lines = [f'{scenes} scenes, {result["runs"]} runs; scenes solved by k runs: {counts}',
+             f'mean success {100.0 * result["mean_success_rate"]:.1f}%, solved by at least '
+             f'one run {100.0 * result["best_of_runs_success_rate"]:.1f}%',
+             f'{"factor: value":44s}' + ''.join(f'{f"{name} ({groups[name]})":>18s}'
+                                                for name in groups)]
+    for label in result['factors']['every run']:
+        cells = ''.join(f'{_share(result["factors"][name][label], groups[name]):>18s}'
+                        for name in groups)
+        lines.append(f'{label:44s}{cells}')
+    return '\n'.join(lines)
+
+
+def _share(part: int, whole: int) -> str:
+    return f'{part} ({100.0 * part / whole:.0f}%)' if whole else '-'
+
+
 def _reason(reason: str) -> str:
     return 'touched' if reason.startswith('touched_') else reason
 
@@ -104,19 +172,27 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('results', nargs='+', metavar='EVAL.json',
                         help='outputs of vlit-ros eval --json (their goto episodes are pooled)')
+    parser.add_argument('--by-scene', action='store_true',
+                        help='the files are runs on the same scenes: also count each scene '
+                             'by how many runs solve it')
     parser.add_argument('--json', default=None, metavar='OUT.json', help='also write the rows')
     args = parser.parse_args(argv)
-    episodes = []
+    runs = []
     try:
         for path in args.results:
-            episodes += json.loads(Path(path).read_text())['episodes']
-        rows = breakdown(episodes)
+            runs.append(json.loads(Path(path).read_text())['episodes'])
+        rows = breakdown([episode for run in runs for episode in run])
+        scenes = by_scene(runs) if args.by_scene else None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f'goto_breakdown: {exc}', file=sys.stderr)
         return 2
     print(format_rows(rows))
+    if scenes is not None:
+        print()
+        print(format_by_scene(scenes))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + '\n')
+        out = rows if scenes is None else {'rows': rows, 'by_scene': scenes}
+        Path(args.json).write_text(json.dumps(out, indent=2) + '\n')
     return 0
 
 

@@ -147,6 +147,30 @@ def test_sampling_is_reproducible_under_a_seed(model):
         ModelPolicy(model, temperature=-1.0)
 
 
+def test_eval_samples_with_a_temperature_reproducibly_and_refuses_it_elsewhere(
+        checkpoint, tmp_path, capsys):
+    def run(*extra):
+        out = tmp_path / f'eval_{len(list(tmp_path.iterdir()))}.json'
+        assert cli.main(['eval', '--checkpoint', str(checkpoint), '--families', 'turn',
+                         '--episodes', '2', '--seed', '3', '--quiet', '--json', str(out)]
+                        + list(extra)) == 0
+        summary = json.loads(out.read_text())
+        return summary, [e['steps'] for e in summary['episodes']]
+
+    greedy, greedy_steps = run()
+    assert greedy['temperature'] is None and greedy['sample_seed'] is None
+    sampled, steps = run('--temperature', '3', '--sample-seed', '7')
+    assert sampled['temperature'] == 3.0 and sampled['sample_seed'] == 7
+    assert run('--temperature', '3', '--sample-seed', '7')[1] == steps
+    assert 'temperature=3 sample-seed=7' in capsys.readouterr().out
+    policy = load_policy('model', str(checkpoint), temperature=3.0, sample_seed=7)
+    assert not policy.greedy and policy.temperature == 3.0
+    for bad in (['--temperature', '0'], ['--policy', 'expert', '--temperature', '1']):
+        assert cli.main(['eval', '--checkpoint', str(checkpoint), '--episodes', '1',
+                         '--quiet'] + bad) == 2
+        assert 'temperature' in capsys.readouterr().err
+
+
 def test_update_weights_validates_and_reencodes(model):
     torch.manual_seed(3)
     trained = VLITModel(tiny_config('builtin')).eval()

@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--world', choices=('nominal', 'shifted'), default='nominal',
                         help='shifted: ' + SHIFT_DESCRIPTION.replace('%', '%%'))
     parser.add_argument('--device', default='cpu', help='torch device for --policy model')
+    parser.add_argument('--temperature', type=float, default=None, metavar='T',
+                        help='--policy model samples its actions from softmax(logits / T), '
+                             'seeded by --sample-seed, as the follower does while learning '
+                             '(default: greedy)')
+    parser.add_argument('--sample-seed', type=int, default=0,
+                        help='seed of the action sampling with --temperature (default: 0)')
     parser.add_argument('--batch', type=int, default=16,
                         help='episodes run in lockstep with one batched forward pass a step, '
                              'for --policy model (default: 16; 1: one at a time)')
@@ -202,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
         instructions = load_instructions(args.instructions) if args.instructions else None
         families = parse_families(args.families)
         policy = load_policy(args.policy, checkpoint=args.checkpoint, device=args.device,
-                             seed=args.seed)
+                             seed=args.seed, temperature=args.temperature,
+                             sample_seed=args.sample_seed)
     except ValueError as exc:
         print(f'vlit-ros eval: error: {exc}', file=sys.stderr)
         return 2
@@ -216,9 +223,13 @@ def run(args: argparse.Namespace) -> int:
         print(f'vlit-ros eval: error: {exc}', file=sys.stderr)
         return 2
     summary.update({'policy': args.policy, 'checkpoint': args.checkpoint,
-                    'instructions': args.instructions, 'world': args.world})
+                    'instructions': args.instructions, 'world': args.world,
+                    'temperature': args.temperature,
+                    'sample_seed': None if args.temperature is None else args.sample_seed})
     title = (f'policy={args.policy} episodes={args.episodes} seed={args.seed} '
              f'world={args.world}')
+    if args.temperature is not None:
+        title += f' temperature={args.temperature:g} sample-seed={args.sample_seed}'
     print(format_table(summary, title))
     print(f'wall {summary["wall_time_s"]:.1f} s, simulated {summary["sim_time_s"]:.1f} s, '
           f'real-time factor {summary["real_time_factor"]:.1f}x')

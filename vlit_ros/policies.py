@@ -87,8 +87,16 @@ def load_grounding_model(checkpoint: Optional[str] = None):
 
 
 def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu',
-                seed: Optional[int] = None):
-    """Return a policy object for a `--policy` value."""
+                seed: Optional[int] = None, temperature: Optional[float] = None,
+                sample_seed: Optional[int] = None):
+    """
+    Return a policy object for a `--policy` value.
+
+    `temperature` makes the model policy sample (seeded by `sample_seed`) instead of acting
+    greedily; it is an error for any other policy.
+    """
+    if temperature is not None and spec != 'model':
+        raise ValueError(f'a temperature applies to the model policy only, not {spec!r}')
     if spec == 'expert':
         from vlit_ros.sim.expert import ExpertPolicy
         return ExpertPolicy()
@@ -96,7 +104,12 @@ def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu'
         return RandomPolicy(seed)
     if spec == 'model':
         from vlit_ros.core.policy import ModelPolicy
-        return ModelPolicy.from_checkpoint(checkpoint or default_checkpoint(), device=device)
+        if temperature is None:
+            return ModelPolicy.from_checkpoint(checkpoint or default_checkpoint(),
+                                               device=device)
+        return ModelPolicy.from_checkpoint(checkpoint or default_checkpoint(), device=device,
+                                           greedy=False, temperature=temperature,
+                                           seed=sample_seed)
     if ':' in spec:
         return load_plugin(spec)
     raise ValueError(f'unknown policy {spec!r}; use one of {", ".join(BUILTIN_POLICIES)} '
