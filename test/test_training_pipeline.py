@@ -220,6 +220,13 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     assert gen_data[gen_data.index('--trajectory-scenes') + 1] == '1200'
     assert '--no-fusion-state' in stages['finetune']
     assert '--no-fusion-state' not in stages['polish']
+    # DAgger samples its learner only when asked, and polish has no rollouts.
+    assert '--dagger-temperature' not in stages['finetune']
+    sampled = dict((name, a) for name, _, a in
+                   train_all.plan_stages(parser.parse_args(argv + ['--dagger-temperature',
+                                                                   '0.5'])))
+    assert sampled['finetune'][sampled['finetune'].index('--dagger-temperature') + 1] == '0.5'
+    assert '--dagger-temperature' not in sampled['polish']
     # The grounding labels and attribute weights are the same in both stages that train the
     # map; a weight not given is the shipped checkpoint's (finetune's default).
     for name in ('finetune', 'polish'):

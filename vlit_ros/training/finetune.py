@@ -91,6 +91,8 @@ class DaggerSchedule:
     steps: int
     beta: float
     parallel: int
+    # the learner samples its rollout actions from softmax(logits / temperature); 0: greedy
+    temperature: float = 0.0
 
     def round_end(self, bc_steps: int, round_index: int) -> int:
         """Return the global step at which training on round `round_index` ends."""
@@ -418,7 +420,9 @@ def run_rollouts(model: VLITModel, out: Path, round_index: int, schedule: Dagger
     stem = round_shards(out, round_index, context.world_size)[context.rank]
     if not shard_finished(stem):
         specs, ids = dagger_specs(TRAINING_SEED_BASE, round_index, schedule.episodes, context)
-        policy = ModelPolicy(model, context.device)
+        policy = ModelPolicy(model, context.device) if schedule.temperature == 0.0 else \
+            ModelPolicy(model, context.device, greedy=False, temperature=schedule.temperature,
+                        seed=args.seed * 1000 + round_index * 10 + context.rank)
         buffer = collect(policy, specs, ids, schedule.beta_of(round_index),
                          seed=args.seed * 1000 + round_index * 10 + context.rank,
                          parallel=schedule.parallel,
@@ -488,6 +492,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'round (default: 0.3)')
     parser.add_argument('--dagger-parallel', type=int, default=8,
                         help='worlds rolled out together (default: 8)')
+    parser.add_argument('--dagger-temperature', type=float, default=0.0,
+                        help='the learner samples its rollout actions from softmax(logits / '
+                             'T), so a round visits more varied states (default: 0, greedy)')
     parser.add_argument('--eval-episodes', type=int, default=100,
                         help='episodes of the closing evaluation (default: 100; 0: none)')
 
@@ -501,8 +508,11 @@ def _run(args, context: loop.DistributedContext) -> int:
     if args.task_warmup_steps < 0:
         raise ValueError(f'--task-warmup-steps must be 0 or more, got {args.task_warmup_steps}')
     started = time.perf_counter()
+    if not (math.isfinite(args.dagger_temperature) and args.dagger_temperature >= 0.0):
+        raise ValueError(f'--dagger-temperature must be 0 or more, got '
+                         f'{args.dagger_temperature}')
     schedule = DaggerSchedule(args.dagger_rounds, args.dagger_episodes, args.dagger_steps,
-                              args.dagger_beta, args.dagger_parallel)
+                              args.dagger_beta, args.dagger_parallel, args.dagger_temperature)
     model = build_model(args).to(context.device)
     start_action = model.start_action
     image_size = (model.config.vision.image_height, model.config.vision.image_width)

@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='behaviour-cloning steps (default: as vlit-ros finetune)')
     parser.add_argument('--dagger-rounds', type=int, default=DAGGER_ROUNDS,
                         help=f'DAgger rounds (default: {DAGGER_ROUNDS}; 0: none)')
+    parser.add_argument('--dagger-temperature', type=float, default=0.0,
+                        help='DAgger rollouts sample the learner at this temperature '
+                             '(vlit-ros finetune --dagger-temperature; default: 0, greedy)')
     parser.add_argument('--polish-steps', type=int, default=POLISH_STEPS,
                         help='after DAgger: behaviour cloning from its result on the expert '
                              'data plus every DAgger round, at a lower learning rate '
@@ -121,6 +124,8 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
     if args.finetune_steps is not None:
         finetune_argv += ['--steps', str(args.finetune_steps)]
     finetune_argv += ['--dagger-rounds', str(args.dagger_rounds)]
+    if args.dagger_temperature:
+        finetune_argv += ['--dagger-temperature', str(args.dagger_temperature)]
     stages.append(('finetune', finetune, finetune_argv))
     polish = args.polish_steps > 0 and args.dagger_rounds != 0
     if polish:
