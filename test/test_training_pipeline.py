@@ -66,6 +66,7 @@ def test_pretrain_then_finetune_with_dagger_learns_and_acts(data, tmp_path):
                  str(tuned), '--steps', '16', '--batch-size', '16', '--lr', '3e-3',
                  '--warmup', '2', '--log-every', '4', '--dagger-rounds', '1',
                  '--dagger-episodes', '2', '--dagger-steps', '4', '--dagger-parallel', '2',
+                 '--dagger-temperature', '1.0',  # the sampling learner's path
                  '--eval-episodes', '2', '--checkpoint-every', '0'] + TINY_MODEL) == 0
     history = _history(tuned)
     assert history[-1]['step'] == 20
@@ -222,9 +223,8 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     assert '--no-fusion-state' not in stages['polish']
     # DAgger samples its learner only when asked, and polish has no rollouts.
     assert '--dagger-temperature' not in stages['finetune']
-    sampled = dict((name, a) for name, _, a in
-                   train_all.plan_stages(parser.parse_args(argv + ['--dagger-temperature',
-                                                                   '0.5'])))
+    sampled = {name: a for name, _, a in
+               train_all.plan_stages(parser.parse_args(argv + ['--dagger-temperature', '0.5']))}
     assert sampled['finetune'][sampled['finetune'].index('--dagger-temperature') + 1] == '0.5'
     assert '--dagger-temperature' not in sampled['polish']
     # The grounding labels and attribute weights are the same in both stages that train the
@@ -272,6 +272,13 @@ def test_train_all_frees_a_stage_before_the_next_one_loads(tmp_path, monkeypatch
     assert len(held) == 2 and held[1] is None
     record = json.loads((tmp_path / 'run' / 'train_all.json').read_text())
     assert set(record['stage_seconds']) == {'gen-data', 'pretrain'}
+
+
+def test_a_negative_or_nan_dagger_temperature_is_refused(data, tmp_path, capsys):
+    for bad in ('-0.5', 'nan'):
+        assert main(['finetune', '--data', str(data), '--out', str(tmp_path / bad),
+                     '--dagger-temperature', bad] + TINY_MODEL) == 2
+        assert '--dagger-temperature must be 0 or more' in capsys.readouterr().err
 
 
 def test_resume_with_another_model_configuration_is_refused(data, tmp_path, capsys):
