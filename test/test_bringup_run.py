@@ -53,6 +53,8 @@ def test_two_namespaced_robots_do_not_interfere(tmp_path):
     values['/**/task']['ros__parameters']['min_episode_listeners'] = 1
     params.write_text(yaml.safe_dump(values))
     runs = {}
+    # Real time, not faster: under load a lagging frame or odometry message at 2x let the
+    # half-metre robot overshoot its goal (one CI run in three, twentieth session).
     try:
         for robot, (policy, line) in ROBOTS.items():
             scenario = tmp_path / f'{robot}.jsonl'
@@ -62,7 +64,7 @@ def test_two_namespaced_robots_do_not_interfere(tmp_path):
                 [sys.executable, '-m', 'vlit_ros.cli', 'run', 'sim:=mujoco',
                  f'namespace:={robot}', f'policy:={policy}', f'scenario:={scenario}',
                  f'params_file:={params}',
-                 'episodes:=1', 'real_time_factor:=2.0',
+                 'episodes:=1', 'real_time_factor:=1.0',
                  f'results_path:={tmp_path / robot}.json'],
                 env=ros_env(domain), stdout=log, stderr=subprocess.STDOUT), log)
         assert probe.wait_for(lambda: all(
