@@ -8,25 +8,19 @@ import json
 from bench_scripts import BENCH, load_bench_script
 import numpy as np
 import pytest
+from test_model_policy import tiny_config
 import torch
 
 from vlit_ros import cli
 from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.follower_logic import FollowerObservation
-from vlit_ros.core.model import (ExecutorConfig, FusionConfig, ModelConfig, PretrainConfig,
-                                 save_checkpoint, TextConfig, VisionConfig, VLITModel)
+from vlit_ros.core.model import save_checkpoint, VLITModel
 from vlit_ros.core.policy import ModelPolicy
 
 
 def _checkpoint(directory, seed):
     torch.manual_seed(seed)
-    config = ModelConfig(vision=VisionConfig(dim=32, depth=1, heads=2),
-                         text=TextConfig(kind='builtin', dim=32, depth=1, heads=2,
-                                         embed_dim=16),
-                         fusion=FusionConfig(dim=32, depth=1, heads=2),
-                         executor=ExecutorConfig(hidden=32),
-                         pretrain=PretrainConfig(mlm_dim=32, mlm_heads=2, itm_hidden=32))
-    return str(save_checkpoint(VLITModel(config), directory))
+    return str(save_checkpoint(VLITModel(tiny_config('builtin')), directory))
 
 
 @pytest.fixture(scope='module')

@@ -104,12 +104,10 @@ def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu'
         return RandomPolicy(seed)
     if spec == 'model':
         from vlit_ros.core.policy import ModelPolicy
-        if temperature is None:
-            return ModelPolicy.from_checkpoint(checkpoint or default_checkpoint(),
-                                               device=device)
+        sampling = {} if temperature is None else \
+            {'greedy': False, 'temperature': temperature, 'seed': sample_seed}
         return ModelPolicy.from_checkpoint(checkpoint or default_checkpoint(), device=device,
-                                           greedy=False, temperature=temperature,
-                                           seed=sample_seed)
+                                           **sampling)
     if ':' in spec:
         return load_plugin(spec)
     raise ValueError(f'unknown policy {spec!r}; use one of {", ".join(BUILTIN_POLICIES)} '

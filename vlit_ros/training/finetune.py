@@ -420,11 +420,11 @@ def run_rollouts(model: VLITModel, out: Path, round_index: int, schedule: Dagger
     stem = round_shards(out, round_index, context.world_size)[context.rank]
     if not shard_finished(stem):
         specs, ids = dagger_specs(TRAINING_SEED_BASE, round_index, schedule.episodes, context)
-        policy = ModelPolicy(model, context.device) if schedule.temperature == 0.0 else \
-            ModelPolicy(model, context.device, greedy=False, temperature=schedule.temperature,
-                        seed=args.seed * 1000 + round_index * 10 + context.rank)
-        buffer = collect(policy, specs, ids, schedule.beta_of(round_index),
-                         seed=args.seed * 1000 + round_index * 10 + context.rank,
+        seed = args.seed * 1000 + round_index * 10 + context.rank
+        sampling = {} if schedule.temperature == 0.0 else \
+            {'greedy': False, 'temperature': schedule.temperature, 'seed': seed}
+        policy = ModelPolicy(model, context.device, **sampling)
+        buffer = collect(policy, specs, ids, schedule.beta_of(round_index), seed=seed,
                          parallel=schedule.parallel,
                          progress=context.is_main and not args.quiet)
         model.train()
