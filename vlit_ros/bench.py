@@ -198,7 +198,7 @@ def _time_stages(policy, frames: np.ndarray, instructions: List[str],
         pixels = model.vlm.preprocess(images)
         vision_tokens = model.vlm.vision(pixels)
         fused = model.vlm.fuse(model.vlm.projector(vision_tokens), text)
-        odometry = torch.zeros((len(frames), 8), device=device)
+        odometry = torch.zeros((len(frames), model.executor.odometry_width), device=device)
         prev = torch.zeros(len(frames), dtype=torch.long, device=device)
 
         def executor():

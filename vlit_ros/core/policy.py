@@ -8,7 +8,9 @@
 
 Several robots at once: `reset_batch([...])` with one instruction per robot, then
 `act_batch([obs, ...])` with one observation per robot, in the same order; every robot
-keeps its own previous action and unwrapped yaw. Not thread-safe: one thread drives a
+keeps its own previous action, unwrapped yaw and, for an executor that reads it, map memory
+(where its grounding map was strongest, `core.model.memory`). Not thread-safe: one thread
+drives a
 policy (the follower's inference thread does).
 """
 
@@ -24,19 +26,21 @@ from vlit_ros.core.model.checkpoint import CheckpointError, load_checkpoint, \
     load_weights_from_bytes, read_checkpoint_info
 from vlit_ros.core.model.executor import odometry_features, VLITModel
 from vlit_ros.core.model.inference import FrameRunner
+from vlit_ros.core.model.memory import MapMemory, patch_bearings
 from vlit_ros.core.model.vision import as_image_batch
 
 
 class _Robot:
     """What the policy remembers about one robot since its instruction began."""
 
-    __slots__ = ('instruction', 'prev_action', 'yaw_total', 'last_yaw')
+    __slots__ = ('instruction', 'prev_action', 'yaw_total', 'last_yaw', 'memory')
 
-    def __init__(self, instruction: str, start_action: int):
+    def __init__(self, instruction: str, start_action: int, memory_decay_s: float):
         self.instruction = instruction
         self.prev_action = start_action
         self.yaw_total = 0.0
         self.last_yaw = 0.0
+        self.memory = MapMemory(memory_decay_s)
 
 
 def _check_instruction(instruction) -> str:
@@ -69,6 +73,9 @@ class ModelPolicy:
             raise ValueError(f'temperature must be a positive number, got {temperature!r}')
         self.model = model.to(device).eval()
         self.runner = FrameRunner(self.model, precision, compile_model, cuda_graph)
+        executor = self.model.config.executor
+        self._bearings = patch_bearings(self.model.vlm.vision.grid, executor.camera_hfov_deg) \
+            if self.model.executor.memory else None
         self.greedy = greedy
         self.temperature = temperature
         self.version = version or 'untracked'
@@ -106,7 +113,8 @@ class ModelPolicy:
         self._text = self.model.vlm.encode_instructions(instructions,
                                                         pad_to=self.runner.text_length)
         start = self.model.start_action
-        self._robots = [_Robot(text, start) for text in instructions]
+        decay = self.model.config.executor.memory_decay_s
+        self._robots = [_Robot(text, start, decay) for text in instructions]
         self._probabilities = None
         self._values = None
 
@@ -136,10 +144,19 @@ class ModelPolicy:
             robot.yaw_total += wrap_angle(float(yaw) - robot.last_yaw)
             robot.last_yaw = float(yaw)
         yaw_total = np.array([robot.yaw_total for robot in self._robots])
-        odometry = torch.from_numpy(odometry_features(
-            odom, t, self.model.config.executor, yaw_total).astype(np.float32)).to(device)
+        odometry = odometry_features(odom, t, self.model.config.executor, yaw_total)
+        if self._bearings is not None:
+            odometry = np.concatenate([odometry, np.stack([
+                robot.memory.features(x, y, robot.yaw_total, now)
+                for robot, x, y, now in zip(self._robots, odom[:, 0], odom[:, 1], t)])], 1)
+        odometry = torch.from_numpy(odometry.astype(np.float32)).to(device)
         prev = torch.tensor([robot.prev_action for robot in self._robots], device=device)
-        probabilities, values = self.runner(images, self._text, odometry, prev)
+        probabilities, values, grounding = self.runner(images, self._text, odometry, prev)
+        if self._bearings is not None:
+            maps = grounding.cpu().numpy()
+            for row, robot in enumerate(self._robots):
+                robot.memory.update(maps[row], self._bearings, float(odom[row, 0]),
+                                    float(odom[row, 1]), robot.yaw_total, float(t[row]))
         probabilities = probabilities.cpu().numpy().astype(np.float64)
         self._probabilities = probabilities
         self._values = values.cpu().numpy().astype(np.float64)

@@ -404,7 +404,8 @@ class TrajectorySet:
     `auxiliary[i]` and `auxiliary_mask[i]` are the frame's auxiliary targets; `target_box[i]`
     is where the named object is in the image (`target_boxes`); `query_texts[
     query_text_index[i]]` and `query_box[i]` are the frame's relabelled grounding query
-    (`grounding_queries`).
+    (`grounding_queries`). `memory[i]`, set by training for an executor with map memory
+    (`finetune.refresh_map_memory`), is the map memory before the frame; None until then.
     """
 
     arrays: Dict[str, np.ndarray]
@@ -422,6 +423,7 @@ class TrajectorySet:
     query_class: np.ndarray
     object_box: Optional[np.ndarray]
     object_class: Optional[np.ndarray]
+    memory: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.text_index.shape[0])

@@ -32,7 +32,13 @@ What makes this learnable in a CPU budget:
   names the target;
 - before cloning, the task head alone is fitted to the dataset's distinct instructions
   (`--task-warmup-steps`, text only, seconds), so from the first step the executor sees the
-  requested angle and distance it must learn to compare with odometry.
+  requested angle and distance it must learn to compare with odometry;
+- an executor with map memory (`--map-memory`, `core.model.memory`) is trained on the
+  memory its own map would leave: halfway through cloning, and whenever the data is loaded
+  after that (each DAgger round, a run that starts from a trained policy), the current
+  model's grounding map is run over every frame and each frame's memory recomputed from
+  the maps of the earlier frames of its episode (`refresh_map_memory`). Before the first
+  refresh the memory reads zeros and its weights stay at zero.
 
 The run is a sequence of stages (cloning, then per round: rollouts, training), each ending
 with a checkpoint, so an interrupted run resumes where it stopped; the rollouts of a round
@@ -56,7 +62,8 @@ import torch.nn.functional as F
 from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.model import (as_image_batch, load_checkpoint, load_weights_from_bytes,
                                  ModelConfig, PretrainingModel, save_checkpoint, VLITModel)
-from vlit_ros.core.model.checkpoint import WEIGHTS_FILE
+from vlit_ros.core.model.checkpoint import read_checkpoint_info, WEIGHTS_FILE
+from vlit_ros.core.model.memory import memory_features, patch_bearings
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.core.task_parameters import (MOVE_DISTANCE_SCALE_M, TASK_PARAMETERS,
                                            TURN_ANGLE_SCALE_RAD)
@@ -107,27 +114,32 @@ def build_model(args) -> VLITModel:
     """
     Build the VLITModel from a pretrained checkpoint (`--init`) or from a preset.
 
-    `--no-fusion-state` configures a new executor; an `--init` VLITModel keeps its own
-    (the option may repeat what it is, not change it).
+    `--no-fusion-state` and `--map-memory` configure a new executor; an `--init` VLITModel
+    keeps its own (the options may repeat what it is, not change it).
     """
     reads_state = not args.no_fusion_state
     if args.init:
         pretrained = load_checkpoint(args.init)
         if isinstance(pretrained, PretrainingModel):
-            return VLITModel(_with_executor_input(pretrained.config, reads_state),
-                             vlm=pretrained.vlm)
+            return VLITModel(_with_executor_input(pretrained.config, reads_state,
+                                                  args.map_memory), vlm=pretrained.vlm)
         if not reads_state and pretrained.config.executor.fusion_state:
             raise ValueError(f'--no-fusion-state configures a new executor, but {args.init} '
                              f'already has one that reads the fusion state; leave the option '
                              f'out to continue it, or start from a pretraining checkpoint')
+        if args.map_memory and not pretrained.executor.memory:
+            raise ValueError(f'--map-memory configures a new executor, but {args.init} '
+                             f'already has one without map memory; leave the option out to '
+                             f'continue it, or start from a pretraining checkpoint')
         return pretrained
     return VLITModel(_with_executor_input(model_config(args.preset, args.text_encoder),
-                                          reads_state))
+                                          reads_state, args.map_memory))
 
 
-def _with_executor_input(config: ModelConfig, fusion_state: bool) -> ModelConfig:
-    return dataclasses.replace(
-        config, executor=dataclasses.replace(config.executor, fusion_state=fusion_state))
+def _with_executor_input(config: ModelConfig, fusion_state: bool,
+                         map_memory: bool) -> ModelConfig:
+    return dataclasses.replace(config, executor=dataclasses.replace(
+        config.executor, fusion_state=fusion_state, map_memory=map_memory))
 
 
 class FamilyBatches:
@@ -185,6 +197,8 @@ class FamilyBatches:
         if self.data.object_class is not None:
             batch['object_box'] = self.data.object_box[rows]
             batch['object_class'] = self.data.object_class[rows]
+        if self.data.memory is not None:
+            batch['memory'] = self.data.memory[rows]
         return batch
 
 
@@ -347,6 +361,42 @@ def imitation_losses(model: VLITModel, heads: Optional[AuxiliaryHeads], batch: d
     return losses
 
 
+@torch.no_grad()
+def refresh_map_memory(model: VLITModel, data: TrajectorySet, batch_size: int = 256,
+                       progress: bool = False) -> None:
+    """
+    Set `data.memory` to the map memory the model's own grounding map leaves on each frame.
+
+    The map of every frame (its instruction against its image) is computed in eval mode,
+    then each frame's memory from the maps of the earlier frames of its episode
+    (`core.model.memory.memory_features`; an episode starts where `step` is 0).
+    """
+    from tqdm import tqdm
+    vlm = model.vlm
+    if vlm.fusion.grounding is None:
+        raise ValueError('map memory needs a model with a grounding head')
+    was_training = model.training
+    model.eval()
+    device = model.device
+    frames = len(data)
+    maps = np.zeros((frames, vlm.vision.num_tokens), np.float32)
+    starts = range(0, frames, batch_size)
+    for start in tqdm(starts, desc='map memory', unit='batch', disable=not progress,
+                      leave=False):
+        rows = slice(start, min(start + batch_size, frames))
+        images = as_image_batch(data.arrays['image'][rows], device)
+        text = model.batch_text({'texts': data.texts, 'text_index': data.text_index[rows]})
+        logits = vlm.fusion.grounding_logits(vlm.image_tokens(vlm.preprocess(images)), text)
+        maps[rows] = torch.sigmoid(logits.float()).cpu().numpy()
+    model.train(was_training)
+    executor = model.config.executor
+    arrays = data.arrays
+    data.memory = memory_features(maps, patch_bearings(vlm.vision.grid,
+                                                       executor.camera_hfov_deg),
+                                  arrays['odom'], arrays['yaw_total'], arrays['t'],
+                                  arrays['step'] == 0, executor.memory_decay_s)
+
+
 def task_examples(data: TrajectorySet) -> Tuple[List[str], np.ndarray, np.ndarray]:
     """
     Return the distinct instructions that ask for an angle or a distance.
@@ -465,6 +515,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the new executor skips the fusion Transformer's state and reads "
                              'the instruction through the sentence embedding, the grounding '
                              'map and the task parameters only')
+    parser.add_argument('--map-memory', action='store_true',
+                        help="the new executor also reads where the model's own grounding map "
+                             'was strongest on earlier frames, carried forward by odometry '
+                             '(core.model.memory)')
     loop.add_common_arguments(parser, steps=3000, batch_size=64, lr=1e-3)
     parser.add_argument('--warmup', type=int, default=100, help='warm-up steps (default: 100)')
     parser.add_argument('--change-weight', type=float, default=5.0,
@@ -515,6 +569,13 @@ def _run(args, context: loop.DistributedContext) -> int:
                               args.dagger_beta, args.dagger_parallel, args.dagger_temperature)
     model = build_model(args).to(context.device)
     start_action = model.start_action
+    # Map memory is recomputed from the model's own map once the map has learnt something:
+    # from halfway through cloning, or from the start for a trained policy.
+    memory_from = None
+    if model.executor.memory:
+        trained = bool(args.init) and \
+            read_checkpoint_info(args.init)['architecture'] == VLITModel.architecture
+        memory_from = 0 if trained else args.steps // 2
     image_size = (model.config.vision.image_height, model.config.vision.image_width)
     roots = [Path(d) for d in args.data]
 
@@ -524,6 +585,8 @@ def _run(args, context: loop.DistributedContext) -> int:
         data = TrajectorySet.load(roots, FAMILIES, start_action, size=image_size,
                                   extra_shards=extra,
                                   all_objects=weights.patch_attributes > 0)
+        if memory_from is not None and trainer.step >= memory_from:
+            refresh_map_memory(model, data, progress=context.is_main and not args.quiet)
         return FamilyBatches(data, args.batch_size, args.seed, context, args.change_weight)
 
     weights = LossWeights(**{name: getattr(args, f'{name}_weight')
@@ -555,9 +618,13 @@ def _run(args, context: loop.DistributedContext) -> int:
             if context.is_main:
                 print(f'task head fitted to {fitted["instructions"]} instructions: mean '
                       f'error {fitted["turn_error_deg"]} deg, {fitted["move_error_m"]} m')
-    trainer.train(loop.LoopConfig(args.steps, args.lr, args.warmup, 0, args.steps,
-                                  log_every=args.log_every,
-                                  checkpoint_every=args.checkpoint_every), 'cloning')
+    for until in sorted({memory_from or args.steps, args.steps}):
+        if memory_from is not None and until == args.steps and \
+                batches.data.memory is None and trainer.step >= memory_from:
+            refresh_map_memory(model, batches.data, progress=context.is_main and not args.quiet)
+        trainer.train(loop.LoopConfig(until, args.lr, args.warmup, 0, args.steps,
+                                      log_every=args.log_every,
+                                      checkpoint_every=args.checkpoint_every), 'cloning')
     if trainer.step == args.steps and rounds_done == 0:
         trainer.checkpoint()
     for round_index in range(schedule.rounds):

@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-fusion-state', action='store_true',
                         help="the executor skips the fusion Transformer's state (vlit-ros "
                              'finetune --no-fusion-state)')
+    parser.add_argument('--map-memory', action='store_true',
+                        help="the executor also reads where its own grounding map was "
+                             'strongest on earlier frames (vlit-ros finetune --map-memory)')
     parser.add_argument('--pretrain-steps', type=int, default=PRETRAIN_STEPS,
                         help=f'pretraining steps (default: {PRETRAIN_STEPS})')
     parser.add_argument('--finetune-steps', type=int, default=None,
@@ -114,7 +117,8 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
                (['--quiet'] if args.quiet else []))]
     finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
                      '--text-encoder', args.text_encoder] + common + tuning + \
-        (['--no-fusion-state'] if args.no_fusion_state else [])
+        (['--no-fusion-state'] if args.no_fusion_state else []) + \
+        (['--map-memory'] if args.map_memory else [])
     if not args.no_pretrain:
         pretrain_argv = ['--data', str(data), '--out', str(out / 'pretrain'),
                          '--text-encoder', args.text_encoder] + common

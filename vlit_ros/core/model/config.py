@@ -208,6 +208,13 @@ class ExecutorConfig:
     # reads the instruction only through the sentence embedding, the grounding map and the
     # task parameters, so "drive to whatever is ahead" cannot be read off the image
     fusion_state: bool = True
+    # with a grounding head, also read the map memory (`core.model.memory`): where the
+    # model's own map was strongest on earlier frames, carried forward by odometry
+    map_memory: bool = False
+    # a sighting's strength decays by e over this many seconds
+    memory_decay_s: float = 8.0
+    # the camera's horizontal field of view, which turns a map column into a bearing
+    camera_hfov_deg: float = 90.0
 
     def __post_init__(self):
         owner = 'ExecutorConfig'
@@ -220,6 +227,9 @@ class ExecutorConfig:
         _check_number(owner, 'time_scale_s', self.time_scale_s, 0.0, 1e4, True)
         _check_bool(owner, 'progress_features', self.progress_features)
         _check_bool(owner, 'fusion_state', self.fusion_state)
+        _check_bool(owner, 'map_memory', self.map_memory)
+        _check_number(owner, 'memory_decay_s', self.memory_decay_s, 0.0, 1e4, True)
+        _check_number(owner, 'camera_hfov_deg', self.camera_hfov_deg, 10.0, 170.0)
 
 
 @dataclass
@@ -261,7 +271,9 @@ _SECTIONS = {'vision': VisionConfig, 'text': TextConfig, 'fusion': FusionConfig,
 # existed does not have it; it then takes the value that builds the model that file describes.
 _ADDED_FIELDS = {'fusion': {'grounding_dim': 0, 'task_parameters': False,
                             'task_tokens': False},
-                 'executor': {'progress_features': False, 'fusion_state': True}}
+                 'executor': {'progress_features': False, 'fusion_state': True,
+                              'map_memory': False, 'memory_decay_s': 8.0,
+                              'camera_hfov_deg': 90.0}}
 
 
 @dataclass

@@ -12,6 +12,9 @@ The InstructionExecutor and the instruction-following model built on it.
   (`progress_features`): requested minus driven distance, requested minus turned angle, raw
   and squashed near zero. "Stop when this crosses zero" is then one threshold instead of a
   comparison of two inputs the MLP would have to learn from a few frames per episode.
+  With `map_memory` in its config (and a grounding head) it also reads the map memory
+  (`core.model.memory`): where the model's own map was strongest on earlier frames. The
+  memory features follow the odometry features in one input (`odometry_width` columns).
 - `VLITModel`: `VisionLanguageModel` + `InstructionExecutor`; `forward(batch)` for
   imitation and policy-gradient training, `select_action(batch)` for acting.
 
@@ -25,6 +28,7 @@ Training batches are mappings:
 | `t` | (B,) seconds since the instruction |
 | `yaw_total` | optional (B,) unwrapped yaw since the instruction (default: `odom` yaw) |
 | `prev_action` | optional (B,) action indices taken one frame before (default: start action) |
+| `memory` | optional (B, 5) map memory before the frame (default: nothing seen yet) |
 | `action` | optional (B,) target action indices; the loss is their cross-entropy |
 """
 
@@ -40,6 +44,7 @@ from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
 from vlit_ros.core.model.config import ExecutorConfig, ModelConfig
 from vlit_ros.core.model.fusion import task_parameters_of, VisionLanguageModel
 from vlit_ros.core.model.layers import init_weights
+from vlit_ros.core.model.memory import MEMORY_FEATURES
 from vlit_ros.core.model.text import TextFeatures
 from vlit_ros.core.model.vision import as_image_batch
 from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
@@ -91,7 +96,7 @@ class InstructionExecutor(nn.Module):
     """MLP: [fused state, odometry features, previous action one-hot] -> logits, value."""
 
     def __init__(self, state_dim: int, config: ExecutorConfig, task_parameters: bool = False,
-                 fusion_state_dim: int = 0):
+                 fusion_state_dim: int = 0, grounding: bool = False):
         """
         Build the MLP for fused states of `state_dim`.
 
@@ -100,15 +105,21 @@ class InstructionExecutor(nn.Module):
         `config.progress_features` the executor then also reads what remains of them.
         `fusion_state_dim`: the fused state starts with that many entries of the fusion
         Transformer's state, which the executor skips when `config.fusion_state` is false.
+        `grounding`: the model has a grounding map; with `config.map_memory` the odometry
+        input is followed by the map memory's features, whose weights start at zero (a new
+        executor first acts as one without memory).
         """
         super().__init__()
         self.progress = bool(task_parameters and config.progress_features)
+        self.memory = bool(grounding and config.map_memory)
+        # columns of the odometry input: odometry features, then the memory's
+        self.odometry_width = ODOMETRY_FEATURES + (MEMORY_FEATURES if self.memory else 0)
         self.distance_scale_m = config.distance_scale_m
         self.skip = 0 if config.fusion_state else fusion_state_dim
         if not 0 <= self.skip < state_dim:
             raise ValueError(f'cannot skip {self.skip} of {state_dim} fused-state entries')
         layers = []
-        width = state_dim - self.skip + ODOMETRY_FEATURES + NUM_ACTIONS + \
+        width = state_dim - self.skip + self.odometry_width + NUM_ACTIONS + \
             (PROGRESS_FEATURES if self.progress else 0)
         for _ in range(config.layers):
             layers += [nn.Linear(width, config.hidden), nn.GELU(), nn.Dropout(config.dropout)]
@@ -117,6 +128,10 @@ class InstructionExecutor(nn.Module):
         self.policy_head = nn.Linear(width, NUM_ACTIONS)
         self.value_head = nn.Linear(width, 1)
         init_weights(self)
+        if self.memory:
+            first = state_dim - self.skip + ODOMETRY_FEATURES
+            with torch.no_grad():
+                self.body[0].weight[:, first:first + MEMORY_FEATURES].zero_()
 
     def forward(self, fused: torch.Tensor, odometry: torch.Tensor, prev_action: torch.Tensor,
                 target_actions: Optional[torch.Tensor] = None
@@ -173,7 +188,8 @@ class VLITModel(nn.Module):
         self.executor = InstructionExecutor(
             self.vlm.state_dim, config.executor,
             task_parameters=self.vlm.fusion.task_head is not None,
-            fusion_state_dim=config.fusion.dim)
+            fusion_state_dim=config.fusion.dim,
+            grounding=self.vlm.fusion.grounding is not None)
         self.start_action = ACTION_INDEX[config.executor.start_action]
 
     @property
@@ -181,16 +197,20 @@ class VLITModel(nn.Module):
         return next(self.executor.parameters()).device
 
     def frame_forward(self, images: torch.Tensor, text: TextFeatures, odometry: torch.Tensor,
-                      prev_action: torch.Tensor) -> ExecutorOutput:
+                      prev_action: torch.Tensor) -> Tuple[ExecutorOutput, torch.Tensor]:
         """
         Run the per-frame path on tensors already on the model's device.
 
-        `images` uint8 (B, H, W, 3), `text` encoded instructions, `odometry` the (B, 8)
-        output of `odometry_features`, `prev_action` (B,) indices.
+        `images` uint8 (B, H, W, 3), `text` encoded instructions, `odometry` the (B,
+        `executor.odometry_width`) odometry and memory features, `prev_action` (B,) indices.
+        Returns the executor's output and the grounding map's probabilities (B, patches),
+        (B, 0) without a grounding head, which the map memory reads.
         """
         pixels = self.vlm.preprocess(images)
-        fused = self.vlm.fuse(self.vlm.image_tokens(pixels), text)
-        return self.executor(fused, odometry, prev_action)[0]
+        details = self.vlm.fuse_details(self.vlm.image_tokens(pixels), text)
+        grounding = torch.sigmoid(details.grounding) if details.grounding is not None \
+            else details.state.new_zeros((details.state.shape[0], 0))
+        return self.executor(details.state, odometry, prev_action)[0], grounding
 
     def batch_text(self, batch: Mapping[str, Any]) -> TextFeatures:
         """Encode a batch's instructions, each distinct text once (through the cache)."""
@@ -203,14 +223,27 @@ class VLITModel(nn.Module):
         return features.index(inverse.to(features.tokens.device))
 
     def batch_odometry(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Return the (B, 8) odometry features of a batch."""
+        """
+        Return a batch's executor odometry input (B, `executor.odometry_width`).
+
+        The odometry features, then the memory features when the executor reads them.
+        """
         device = self.device
         yaw_total = batch.get('yaw_total')
-        return odometry_features(
+        odometry = odometry_features(
             _tensor(batch['odom'], torch.float32, device), _tensor(batch['t'], torch.float32,
                                                                    device),
             self.config.executor,
             None if yaw_total is None else _tensor(yaw_total, torch.float32, device))
+        if not self.executor.memory:
+            return odometry
+        memory = batch.get('memory')
+        memory = odometry.new_zeros((odometry.shape[0], MEMORY_FEATURES)) if memory is None \
+            else _tensor(memory, torch.float32, device)
+        if memory.shape != (odometry.shape[0], MEMORY_FEATURES):
+            raise ValueError(f'memory features must be (batch, {MEMORY_FEATURES}), got '
+                             f'{tuple(memory.shape)}')
+        return torch.cat([odometry, memory], -1)
 
     def forward(self, batch: Mapping[str, Any]
                 ) -> Tuple[ExecutorOutput, Optional[torch.Tensor]]:

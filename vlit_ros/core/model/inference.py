@@ -2,7 +2,7 @@
 Running the per-frame model fast on one device.
 
 `FrameRunner` turns (uint8 images, cached instruction features, odometry features, previous
-actions) into action probabilities and values under `torch.inference_mode`:
+actions) into action probabilities, values and grounding maps under `torch.inference_mode`:
 
 - CPU: eager fp32.
 - CUDA: bf16 autocast by default, optionally `torch.compile` of the frame path, optionally
@@ -26,7 +26,7 @@ _CAPTURE_WARMUP_RUNS = 3
 
 
 class FrameRunner:
-    """The per-frame model on its device: inputs -> (probabilities (B, 7), values (B,))."""
+    """The per-frame model on its device: inputs -> probabilities, values, grounding maps."""
 
     def __init__(self, model: VLITModel, precision: str = 'auto', compile_model: bool = False,
                  cuda_graph: bool = False):
@@ -58,8 +58,12 @@ class FrameRunner:
         return self.model.config.text.max_length if self.cuda_graph else None
 
     def __call__(self, images: torch.Tensor, text: TextFeatures, odometry: torch.Tensor,
-                 prev_action: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Return (probabilities (B, NUM_ACTIONS) float32, values (B,) float32)."""
+                 prev_action: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Return probabilities (B, NUM_ACTIONS), values (B,) and grounding maps (B, patches).
+
+        All float32; the grounding maps are (B, 0) for a model without a grounding head.
+        """
         with torch.inference_mode():
             if self.cuda_graph:
                 return self._replay(images, text, odometry, prev_action)
@@ -70,8 +74,8 @@ class FrameRunner:
         # capture would be freed while the graph still points at them.
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.precision == 'bf16', cache_enabled=not self.cuda_graph):
-            output = self._frame(images, text, odometry, prev_action)
-        return torch.softmax(output.logits.float(), -1), output.value.float()
+            output, grounding = self._frame(images, text, odometry, prev_action)
+        return torch.softmax(output.logits.float(), -1), output.value.float(), grounding.float()
 
     def _replay(self, images, text, odometry, prev_action):
         inputs = (images, text.tokens, text.mask, text.pooled, odometry, prev_action)
