@@ -207,6 +207,14 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     save_checkpoint(build(pretrained), tmp_path / 'reading')
     with pytest.raises(ValueError, match='already has one that reads the fusion state'):
         build(tmp_path / 'reading', '--no-fusion-state')
+    # Map memory likewise: a new executor gets it, a trained one without it is refused.
+    remembering = build(pretrained, '--map-memory')
+    assert remembering.executor.memory and not model.executor.memory
+    save_checkpoint(remembering, tmp_path / 'remembering')
+    assert build(tmp_path / 'remembering').executor.memory
+    assert build(tmp_path / 'remembering', '--map-memory').executor.memory
+    with pytest.raises(ValueError, match='one without map memory'):
+        build(tmp_path / 'reading', '--map-memory')
     # train-all hands the option to the finetune stage only (polish continues that model).
     out = tmp_path / 'all'
     argv = ['--out', str(out), '--data', str(data), '--no-fusion-state',
@@ -221,6 +229,10 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     assert gen_data[gen_data.index('--trajectory-scenes') + 1] == '1200'
     assert '--no-fusion-state' in stages['finetune']
     assert '--no-fusion-state' not in stages['polish']
+    remembered = {name: a for name, _, a in
+                  train_all.plan_stages(parser.parse_args(argv + ['--map-memory']))}
+    assert '--map-memory' in remembered['finetune'] and '--map-memory' not in stages['finetune']
+    assert '--map-memory' not in remembered['polish']
     # DAgger samples its learner only when asked, and polish has no rollouts.
     assert '--dagger-temperature' not in stages['finetune']
     sampled = {name: a for name, _, a in

@@ -6,7 +6,8 @@ are thin shells around it.
 
 Experience (layout `vlit_ros/experience/1`, `EXPERIENCE_LAYOUT_VERSION` 1). A `Transition`
 is one control decision of the follower: the compact fused state the executor consumed
-(`VisionLanguageModel.fuse` output, float32, state_dim), the executor's 8 odometry features,
+(`VisionLanguageModel.fuse` output, float32, state_dim), the executor's odometry input (its 8
+odometry features, then 5 map-memory features for an executor with map memory),
 the previous and the chosen action index, the chosen action's log-probability under the
 distribution it was drawn from (softmax(logits / temperature)), the value estimate, the
 policy version, the stamp (seconds, ROS time of the camera frame) and the episode id (the
@@ -20,7 +21,7 @@ JSON-ready header and a flat list of float32 values:
               "odometry_dim": 8, "state_dim": 693,
               "instruction": "go to the red cube",        # optional
               "image_shape": [96, 128, 3], "image": "<base64 of the uint8 RGB pixels>"}
-    values = odometry features (8) followed by the fused state (state_dim)
+    values = odometry input (odometry_dim) followed by the fused state (state_dim)
 
 `encode_transition` / `decode_transition` put both in one JSON text (`"values"` added to the
 header) for std_msgs/String; the pair also fits std_msgs/Float32MultiArray with the header
@@ -75,6 +76,7 @@ from vlit_ros.core.actions import NUM_ACTIONS
 from vlit_ros.core.model.checkpoint import atomic_write, read_checkpoint_info, \
     save_checkpoint
 from vlit_ros.core.model.executor import ExecutorOutput, ODOMETRY_FEATURES, VLITModel
+from vlit_ros.core.model.memory import MEMORY_FEATURES
 from vlit_ros.core.model.vision import as_image_batch
 
 EXPERIENCE_LAYOUT_VERSION = 1
@@ -93,6 +95,8 @@ TENSORS_FILE = 'online.safetensors'
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # A log-probability a hair above 0 is float rounding; more is not a probability.
 _LOG_PROB_SLACK = 1e-4
+# Widths of an executor's odometry input: odometry features, without and with map memory.
+ODOMETRY_WIDTHS = (ODOMETRY_FEATURES, ODOMETRY_FEATURES + MEMORY_FEATURES)
 
 
 # -- experience -------------------------------------------------------------------------
@@ -103,7 +107,7 @@ class Transition:
 
     # fused state (state_dim,) float32 the executor consumed
     fused: np.ndarray
-    # executor odometry features (8,) float32 (`odometry_features`)
+    # executor odometry input (8,) float32 (`odometry_features`), or (13,) with map memory
     odometry: np.ndarray
     # action index taken one decision before (the start action at an instruction's start)
     prev_action: int
@@ -158,12 +162,15 @@ def pack_transition(transition: Transition) -> Tuple[Dict[str, Any], List[float]
 
 
 def unpack_transition(header: Union[str, Mapping[str, Any]], values: Sequence[float],
-                      state_dim: Optional[int] = None) -> Transition:
+                      state_dim: Optional[int] = None,
+                      odometry_dim: Optional[int] = None) -> Transition:
     """
     Rebuild a transition from `pack_transition` output, checking every field.
 
-    `header` may be the JSON text or the parsed object. With `state_dim`, the fused state
-    must have that size (the receiving model's). Raises ValueError saying what is wrong.
+    `header` may be the JSON text or the parsed object. With `state_dim` and
+    `odometry_dim`, the fused state and the odometry input must have those sizes (the
+    receiving model's: `vlm.state_dim`, `executor.odometry_width`). Raises ValueError
+    saying what is wrong.
     """
     if isinstance(header, (str, bytes)):
         try:
@@ -200,9 +207,12 @@ def unpack_transition(header: Union[str, Mapping[str, Any]], values: Sequence[fl
     if header['temperature'] <= 0.0:
         raise ValueError(f'experience temperature must be positive, got '
                          f'{header["temperature"]}')
-    if header['odometry_dim'] != ODOMETRY_FEATURES:
-        raise ValueError(f'experience odometry_dim {header["odometry_dim"]}; the executor '
-                         f'takes {ODOMETRY_FEATURES}')
+    if header['odometry_dim'] not in ODOMETRY_WIDTHS:
+        raise ValueError(f'experience odometry_dim {header["odometry_dim"]}; an executor '
+                         f'takes {" or ".join(map(str, ODOMETRY_WIDTHS))}')
+    if odometry_dim is not None and header['odometry_dim'] != odometry_dim:
+        raise ValueError(f'experience odometry_dim {header["odometry_dim"]}; this model\'s '
+                         f'executor takes {odometry_dim}')
     if header['state_dim'] <= 0:
         raise ValueError(f'experience state_dim must be positive, got {header["state_dim"]}')
     if state_dim is not None and header['state_dim'] != state_dim:
@@ -224,7 +234,8 @@ def unpack_transition(header: Union[str, Mapping[str, Any]], values: Sequence[fl
     if not isinstance(instruction, str):
         raise ValueError('experience instruction must be a string')
     return Transition(
-        fused=array[ODOMETRY_FEATURES:].copy(), odometry=array[:ODOMETRY_FEATURES].copy(),
+        fused=array[header['odometry_dim']:].copy(),
+        odometry=array[:header['odometry_dim']].copy(),
         prev_action=header['prev_action'], action=header['action'],
         log_prob=float(header['log_prob']), value=float(header['value']),
         policy_version=header['policy_version'], stamp=float(header['stamp']),
@@ -255,7 +266,8 @@ def encode_transition(transition: Transition) -> str:
     return json.dumps(dict(header, values=values), separators=(',', ':'))
 
 
-def decode_transition(text: Union[str, bytes], state_dim: Optional[int] = None) -> Transition:
+def decode_transition(text: Union[str, bytes], state_dim: Optional[int] = None,
+                      odometry_dim: Optional[int] = None) -> Transition:
     """Parse `encode_transition` output; ValueError says what is wrong."""
     try:
         message = json.loads(text)
@@ -266,7 +278,7 @@ def decode_transition(text: Union[str, bytes], state_dim: Optional[int] = None) 
     values = message.pop('values')
     if not isinstance(values, list):
         raise ValueError('experience "values" must be a list of numbers')
-    return unpack_transition(message, values, state_dim)
+    return unpack_transition(message, values, state_dim, odometry_dim)
 
 
 # -- rewards ----------------------------------------------------------------------------

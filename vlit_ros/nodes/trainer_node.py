@@ -339,7 +339,9 @@ class TrainerNode(Node):
 
     def _on_experience(self, msg: String) -> None:
         try:
-            transition = decode_transition(msg.data, self._learner.model.vlm.state_dim)
+            model = self._learner.model
+            transition = decode_transition(msg.data, model.vlm.state_dim,
+                                           model.executor.odometry_width)
         except ValueError as exc:
             with self._lock:
                 self._counts['experience_rejected'] += 1

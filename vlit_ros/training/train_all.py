@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the executor skips the fusion Transformer's state (vlit-ros "
                              'finetune --no-fusion-state)')
     parser.add_argument('--map-memory', action='store_true',
-                        help="the executor also reads where its own grounding map was "
+                        help='the executor also reads where its own grounding map was '
                              'strongest on earlier frames (vlit-ros finetune --map-memory)')
     parser.add_argument('--pretrain-steps', type=int, default=PRETRAIN_STEPS,
                         help=f'pretraining steps (default: {PRETRAIN_STEPS})')
