@@ -8,7 +8,7 @@ import json
 from bench_scripts import BENCH, load_bench_script
 import numpy as np
 import pytest
-from test_model_policy import tiny_config
+from tiny_models import tiny_config
 import torch
 
 from vlit_ros import cli

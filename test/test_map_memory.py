@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from test_model_policy import tiny_config
+from tiny_models import tiny_config
 import torch
 
 from vlit_ros.core.follower_logic import FollowerObservation

@@ -7,13 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import safetensors.torch
+from tiny_models import tiny_config
 import torch
 
-from vlit_ros.core.model import (CheckpointError, ExecutorConfig, FusionConfig,
-                                 load_checkpoint, load_weights_from_bytes, ModelConfig,
-                                 PretrainConfig, PretrainingModel, read_checkpoint_info,
-                                 save_checkpoint, shipped_state_dict, TextConfig, VisionConfig,
-                                 VLITModel, weights_to_bytes)
+from vlit_ros.core.model import (CheckpointError, load_checkpoint, load_weights_from_bytes,
+                                 PretrainingModel, read_checkpoint_info, save_checkpoint,
+                                 shipped_state_dict, VLITModel, weights_to_bytes)
 from vlit_ros.core.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
 
@@ -24,15 +23,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_config(text_kind='minilm', hidden=32):
-    text = TextConfig() if text_kind == 'minilm' else \
-        TextConfig(kind='builtin', dim=32, depth=1, heads=2, embed_dim=16)
-    return ModelConfig(vision=VisionConfig(dim=32, depth=1, heads=2), text=text,
-                       fusion=FusionConfig(dim=32, depth=1, heads=2),
-                       executor=ExecutorConfig(hidden=hidden),
-                       pretrain=PretrainConfig(mlm_dim=32, mlm_heads=2, itm_hidden=32))
 
 
 def batch(count=3):

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from tiny_models import tiny_config
 import torch
 
 from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
@@ -23,15 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_config(text_kind='builtin'):
-    text = TextConfig(kind='builtin', dim=32, depth=1, heads=2, embed_dim=16) \
-        if text_kind == 'builtin' else TextConfig()
-    return ModelConfig(vision=VisionConfig(dim=32, depth=1, heads=2), text=text,
-                       fusion=FusionConfig(dim=32, depth=1, heads=2),
-                       executor=ExecutorConfig(hidden=32),
-                       pretrain=PretrainConfig(mlm_dim=32, mlm_heads=2, itm_hidden=32))
 
 
 def random_images(count, seed=0, height=96, width=128):
@@ -141,7 +133,7 @@ def test_executor_reads_what_remains_of_the_requested_distance_and_angle():
 
 
 def test_executor_without_the_fusion_state_ignores_it_and_reads_the_rest():
-    config = tiny_config()
+    config = tiny_config('builtin')
     skipping = ModelConfig(vision=config.vision, text=config.text, fusion=config.fusion,
                            executor=ExecutorConfig(hidden=32, fusion_state=False),
                            pretrain=config.pretrain)
@@ -204,7 +196,7 @@ def test_as_image_batch_accepts_arrays_and_refuses_floats():
 
 def test_vit_gives_48_patch_tokens_and_resizes_other_sizes():
     torch.manual_seed(0)
-    model = VLITModel(tiny_config())
+    model = VLITModel(tiny_config('builtin'))
     vlm = model.vlm
     pixels = vlm.preprocess(torch.from_numpy(random_images(2)))
     assert pixels.shape == (2, 3, 96, 128)
@@ -262,7 +254,7 @@ def test_text_cache_is_lru_and_cleared_by_loading_weights(minilm_model):
 
 def test_builtin_encoder_trains_and_bypasses_the_cache_while_training():
     torch.manual_seed(0)
-    model = VLITModel(tiny_config()).train()
+    model = VLITModel(tiny_config('builtin')).train()
     features = model.vlm.encode_instructions(['go to the red cube', 'stop'], pad_to=12)
     assert features.tokens.requires_grad and features.tokens.shape[1] == 12
     assert len(model.vlm.text_cache) == 0
@@ -410,7 +402,7 @@ def test_built_with_one_seed_the_model_and_its_outputs_repeat():
     outputs = []
     for _ in range(2):
         torch.manual_seed(7)
-        model = VLITModel(tiny_config()).eval()
+        model = VLITModel(tiny_config('builtin')).eval()
         with torch.no_grad():
             outputs.append((model.state_dict(), model(frame_batch(2))[0].logits))
     (first_state, first_logits), (second_state, second_logits) = outputs

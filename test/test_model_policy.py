@@ -5,15 +5,14 @@ import math
 
 import numpy as np
 import pytest
+from tiny_models import tiny_config
 import torch
 
 from vlit_ros import cli
 from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.follower_logic import action_probabilities, FollowerObservation
-from vlit_ros.core.model import (CheckpointError, ExecutorConfig, FrameRunner, FusionConfig,
-                                 ModelConfig, PretrainConfig, PretrainingModel,
-                                 save_checkpoint, TextConfig, VisionConfig, VLITModel,
-                                 weights_to_bytes)
+from vlit_ros.core.model import (CheckpointError, FrameRunner, PretrainingModel,
+                                 save_checkpoint, VLITModel, weights_to_bytes)
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.policies import load_policy
 
@@ -27,15 +26,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_config(text_kind='minilm'):
-    text = TextConfig() if text_kind == 'minilm' else \
-        TextConfig(kind='builtin', dim=32, depth=1, heads=2, embed_dim=16)
-    return ModelConfig(vision=VisionConfig(dim=32, depth=1, heads=2), text=text,
-                       fusion=FusionConfig(dim=32, depth=1, heads=2),
-                       executor=ExecutorConfig(hidden=32),
-                       pretrain=PretrainConfig(mlm_dim=32, mlm_heads=2, itm_hidden=32))
 
 
 def observation(seed=0, odom=(0.0, 0.0, 0.0, 0.0, 0.0), t=0.0):
