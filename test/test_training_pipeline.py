@@ -215,6 +215,13 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     assert build(tmp_path / 'remembering', '--map-memory').executor.memory
     with pytest.raises(ValueError, match='one without map memory'):
         build(tmp_path / 'reading', '--map-memory')
+    # A convolutional stem is built into new models only.
+    with pytest.raises(ValueError, match='--conv-stem configures a new model'):
+        build(tmp_path / 'reading', '--conv-stem', '8')
+    fresh = finetune.build_model(parser.parse_args(
+        ['--data', str(data), '--out', str(tmp_path / 'x'), '--preset', 'tiny',
+         '--conv-stem', '8']))
+    assert fresh.config.vision.conv_stem == 8
     # train-all hands the option to the finetune stage only (polish continues that model).
     out = tmp_path / 'all'
     argv = ['--out', str(out), '--data', str(data), '--no-fusion-state',
@@ -233,6 +240,13 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
                   train_all.plan_stages(parser.parse_args(argv + ['--map-memory']))}
     assert '--map-memory' in remembered['finetune'] and '--map-memory' not in stages['finetune']
     assert '--map-memory' not in remembered['polish']
+    stem = {name: a for name, _, a in
+            train_all.plan_stages(parser.parse_args(argv + ['--conv-stem', '16']))}
+    assert stem['pretrain'][stem['pretrain'].index('--conv-stem') + 1] == '16'
+    assert '--conv-stem' not in stem['finetune'] and '--conv-stem' not in stages['pretrain']
+    bare = {name: a for name, _, a in train_all.plan_stages(
+        parser.parse_args(argv + ['--conv-stem', '16', '--no-pretrain']))}
+    assert bare['finetune'][bare['finetune'].index('--conv-stem') + 1] == '16'
     # DAgger samples its learner only when asked, and polish has no rollouts.
     assert '--dagger-temperature' not in stages['finetune']
     sampled = {name: a for name, _, a in

@@ -76,7 +76,8 @@ from vlit_ros.training.datasets import (ATTRIBUTE_CLASSES, AUXILIARY_TARGETS, GR
                                         grounding_labels, IGNORE_LABEL, patch_attribute_labels,
                                         TrajectorySet)
 from vlit_ros.training.phrasings import training_instruction
-from vlit_ros.training.presets import model_config, PRESETS, TEXT_ENCODERS
+from vlit_ros.training.presets import (add_conv_stem_argument, model_config, PRESETS,
+                                       TEXT_ENCODERS)
 from vlit_ros.training.report import family_rates, write_report
 from vlit_ros.training.shards import read_json, shard_finished, write_json, write_shard
 
@@ -120,6 +121,9 @@ def build_model(args) -> VLITModel:
     reads_state = not args.no_fusion_state
     if args.init:
         pretrained = load_checkpoint(args.init)
+        if args.conv_stem and pretrained.config.vision.conv_stem != args.conv_stem:
+            raise ValueError(f'--conv-stem configures a new model; {args.init} has '
+                             f'conv_stem {pretrained.config.vision.conv_stem}')
         if isinstance(pretrained, PretrainingModel):
             return VLITModel(_with_executor_input(pretrained.config, reads_state,
                                                   args.map_memory), vlm=pretrained.vlm)
@@ -132,8 +136,9 @@ def build_model(args) -> VLITModel:
                              f'already has one without map memory; leave the option out to '
                              f'continue it, or start from a pretraining checkpoint')
         return pretrained
-    return VLITModel(_with_executor_input(model_config(args.preset, args.text_encoder),
-                                          reads_state, args.map_memory))
+    return VLITModel(_with_executor_input(
+        model_config(args.preset, args.text_encoder, args.conv_stem), reads_state,
+        args.map_memory))
 
 
 def _with_executor_input(config: ModelConfig, fusion_state: bool,
@@ -515,6 +520,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the new executor skips the fusion Transformer's state and reads "
                              'the instruction through the sentence embedding, the grounding '
                              'map and the task parameters only')
+    add_conv_stem_argument(parser)
     parser.add_argument('--map-memory', action='store_true',
                         help="the new executor also reads where the model's own grounding map "
                              'was strongest on earlier frames, carried forward by odometry '

@@ -8,6 +8,8 @@ projector into MiniLM's space, cross-attention fusion, MLP executor) at a width 
 that trains in the one-hour budget. `tiny` is for tests and smoke runs only.
 """
 
+import dataclasses
+
 from vlit_ros.core.model import (ExecutorConfig, FusionConfig, ModelConfig, PretrainConfig,
                                  TextConfig, VisionConfig)
 
@@ -18,8 +20,30 @@ TEXT_ENCODERS = ('minilm', 'builtin')
 TRAINING_TEXT_CACHE = 4096
 
 
-def model_config(preset: str = 'cpu', text_encoder: str = 'minilm') -> ModelConfig:
-    """Return the model configuration of a preset with the chosen text encoder."""
+def add_conv_stem_argument(parser) -> None:
+    """Add `--conv-stem C` (a new model's ViT patch embedding) to a training command."""
+    parser.add_argument('--conv-stem', type=int, default=0, metavar='C',
+                        help='embed patches with a convolutional stem whose first layer has C '
+                             'channels instead of the linear patch embedding (new models '
+                             'only; default: 0, linear)')
+
+
+def model_config(preset: str = 'cpu', text_encoder: str = 'minilm',
+                 conv_stem: int = 0) -> ModelConfig:
+    """
+    Return the model configuration of a preset with the chosen text encoder.
+
+    `conv_stem` > 0: the ViT embeds patches with a convolutional stem of that many
+    channels in its first layer (`VisionConfig.conv_stem`).
+    """
+    config = _preset_config(preset, text_encoder)
+    if conv_stem:
+        config = dataclasses.replace(config, vision=dataclasses.replace(config.vision,
+                                                                        conv_stem=conv_stem))
+    return config
+
+
+def _preset_config(preset: str, text_encoder: str) -> ModelConfig:
     if preset not in PRESETS:
         raise ValueError(f'unknown model preset {preset!r}; expected one of {PRESETS}')
     if text_encoder not in TEXT_ENCODERS:

@@ -26,7 +26,8 @@ from vlit_ros.core.model import load_weights_from_bytes, PretrainingModel, save_
 from vlit_ros.core.model.checkpoint import WEIGHTS_FILE
 from vlit_ros.training import loop
 from vlit_ros.training.datasets import CaptionSet
-from vlit_ros.training.presets import model_config, PRESETS, TEXT_ENCODERS
+from vlit_ros.training.presets import (add_conv_stem_argument, model_config, PRESETS,
+                                       TEXT_ENCODERS)
 from vlit_ros.training.report import write_report
 from vlit_ros.training.shards import write_json
 
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='model size (default: cpu)')
     parser.add_argument('--text-encoder', choices=TEXT_ENCODERS, default='minilm',
                         help='text encoder (default: minilm, frozen)')
+    add_conv_stem_argument(parser)
     loop.add_common_arguments(parser, steps=600, batch_size=48, lr=5e-4)
     parser.add_argument('--warmup', type=int, default=50, help='warm-up steps (default: 50)')
     parser.add_argument('--held-out', type=int, default=256,
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args, context: loop.DistributedContext) -> int:
     out = Path(args.out)
     started = time.perf_counter()
-    model = PretrainingModel(model_config(args.preset, args.text_encoder)).to(context.device)
+    model = PretrainingModel(model_config(args.preset, args.text_encoder,
+                                          args.conv_stem)).to(context.device)
     size = (model.config.vision.image_height, model.config.vision.image_width)
     data = CaptionSet.load([Path(d) for d in args.data], size=size)
     held_out = min(args.held_out, len(data) // 5)

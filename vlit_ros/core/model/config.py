@@ -69,6 +69,10 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     # dropout inside the ViT blocks during training
     dropout: float = 0.0
+    # channels of the first layer of a convolutional stem that replaces the ViT's linear
+    # patch embedding (stride-2 3x3 convolutions doubling the channels, then a 2x2 one to
+    # `dim`: same tokens, small objects seen through non-linear filters); 0: linear
+    conv_stem: int = 0
 
     def __post_init__(self):
         owner = 'VisionConfig'
@@ -92,6 +96,14 @@ class VisionConfig:
         _check_heads(owner, self.dim, self.heads)
         _check_number(owner, 'mlp_ratio', self.mlp_ratio, 0.0, 16.0, low_open=True)
         _check_number(owner, 'dropout', self.dropout, 0.0, 0.9)
+        if not isinstance(self.conv_stem, int) or isinstance(self.conv_stem, bool) or \
+                not 0 <= self.conv_stem <= 256:
+            raise ValueError(f'{owner}.conv_stem must be an integer in [0, 256], '
+                             f'got {self.conv_stem!r}')
+        size = self.patch_size
+        if self.conv_stem and (size < 4 or size & (size - 1)):
+            raise ValueError(f'{owner}.conv_stem needs a patch_size that is a power of two, '
+                             f'4 or more; got {size}')
 
 
 @dataclass
@@ -269,7 +281,8 @@ _SECTIONS = {'vision': VisionConfig, 'text': TextConfig, 'fusion': FusionConfig,
              'executor': ExecutorConfig, 'pretrain': PretrainConfig}
 # Fields added after checkpoints were first shipped. A config.json written before a field
 # existed does not have it; it then takes the value that builds the model that file describes.
-_ADDED_FIELDS = {'fusion': {'grounding_dim': 0, 'task_parameters': False,
+_ADDED_FIELDS = {'vision': {'conv_stem': 0},
+                 'fusion': {'grounding_dim': 0, 'task_parameters': False,
                             'task_tokens': False},
                  'executor': {'progress_features': False, 'fusion_state': True,
                               'map_memory': False, 'memory_decay_s': 8.0,

@@ -78,6 +78,25 @@ class ImagePreprocessor(nn.Module):
         return (pixels - self.mean) / self.std
 
 
+def conv_stem(channels: int, patch_size: int, dim: int) -> nn.Sequential:
+    """
+    Return a convolutional patch embedding: pixels (B, 3, H, W) -> (B, dim, H/p, W/p).
+
+    log2(patch_size) - 1 stride-2 3x3 convolutions (`channels`, doubling each time), each
+    with GroupNorm and GELU, then a 2x2 stride-2 convolution to `dim` (Xiao et al. 2021,
+    "Early convolutions help transformers see better"). No batch statistics, so training and
+    acting compute the same function.
+    """
+    layers, width = [], 3
+    for index in range(patch_size.bit_length() - 2):
+        out = channels * 2 ** index
+        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1),
+                   nn.GroupNorm(min(8, out), out), nn.GELU()]
+        width = out
+    layers.append(nn.Conv2d(width, dim, 2, stride=2))
+    return nn.Sequential(*layers)
+
+
 class ViTEncoder(nn.Module):
     """The built-in ViT: patch embedding, learned positions, pre-LN blocks, final norm."""
 
@@ -93,8 +112,9 @@ class ViTEncoder(nn.Module):
         self.num_tokens = self.grid[0] * self.grid[1]
         mean, std = _DEFAULT_NORMALISATION['vit']
         self.preprocess = ImagePreprocessor(config.image_height, config.image_width, mean, std)
-        self.patch_embedding = nn.Conv2d(3, config.dim, config.patch_size,
-                                         stride=config.patch_size)
+        self.patch_embedding = conv_stem(config.conv_stem, config.patch_size, config.dim) \
+            if config.conv_stem else nn.Conv2d(3, config.dim, config.patch_size,
+                                               stride=config.patch_size)
         self.position = nn.Parameter(torch.zeros(1, self.num_tokens, config.dim))
         self.blocks = nn.ModuleList(
             TransformerBlock(config.dim, config.heads, config.mlp_ratio, config.dropout)
