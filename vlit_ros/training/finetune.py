@@ -121,7 +121,8 @@ def build_model(args) -> VLITModel:
     reads_state = not args.no_fusion_state
     if args.init:
         pretrained = load_checkpoint(args.init)
-        if args.conv_stem and pretrained.config.vision.conv_stem != args.conv_stem:
+        if args.conv_stem is not None and \
+                pretrained.config.vision.conv_stem != args.conv_stem:
             raise ValueError(f'--conv-stem configures a new model; {args.init} has '
                              f'conv_stem {pretrained.config.vision.conv_stem}')
         if isinstance(pretrained, PretrainingModel):

@@ -70,9 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-fusion-state', action='store_true',
                         help="the executor skips the fusion Transformer's state (vlit-ros "
                              'finetune --no-fusion-state)')
-    parser.add_argument('--conv-stem', type=int, default=0, metavar='C',
+    parser.add_argument('--conv-stem', type=int, default=None, metavar='C',
                         help='a convolutional patch embedding with C channels in its first '
-                             'layer (vlit-ros pretrain --conv-stem; default: 0, linear)')
+                             "layer, 0 the linear one (vlit-ros pretrain --conv-stem; default: "
+                             "the preset's)")
     parser.add_argument('--map-memory', action='store_true',
                         help='the executor also reads where its own grounding map was '
                              'strongest on earlier frames (vlit-ros finetune --map-memory)')
@@ -126,11 +127,11 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
         pretrain_argv = ['--data', str(data), '--out', str(out / 'pretrain'),
                          '--text-encoder', args.text_encoder] + common
         pretrain_argv += ['--steps', str(args.pretrain_steps)]
-        if args.conv_stem:
+        if args.conv_stem is not None:
             pretrain_argv += ['--conv-stem', str(args.conv_stem)]
         stages.append(('pretrain', pretrain, pretrain_argv))
         finetune_argv += ['--init', str(out / 'pretrain')]
-    elif args.conv_stem:
+    elif args.conv_stem is not None:
         finetune_argv += ['--conv-stem', str(args.conv_stem)]
     if args.finetune_steps is not None:
         finetune_argv += ['--steps', str(args.finetune_steps)]
