@@ -15,7 +15,7 @@ def test_every_failure_is_sorted_into_one_kind(tmp_path, capsys):
     out = tmp_path / 'diagnostics.json'
     diagnostics = load_bench_script('goto_diagnostics')
     assert diagnostics.main(['--checkpoint', str(SHIPPED), '--episodes', '2', '--seed',
-                             '119', '--json', str(out), '--timelines']) == 0
+                             '129', '--json', str(out), '--timelines']) == 0
     report = json.loads(out.read_text())
     summary, episodes = report['summary'], report['episodes']
     assert summary['episodes'] == len(episodes) == 2

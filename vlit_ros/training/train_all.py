@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'finetune --no-fusion-state)')
     parser.add_argument('--conv-stem', type=int, default=None, metavar='C',
                         help='a convolutional patch embedding with C channels in its first '
-                             "layer, 0 the linear one (vlit-ros pretrain --conv-stem; default: "
+                             'layer, 0 the linear one (vlit-ros pretrain --conv-stem; default: '
                              "the preset's)")
     parser.add_argument('--map-memory', action='store_true',
                         help='the executor also reads where its own grounding map was '
