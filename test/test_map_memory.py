@@ -118,34 +118,29 @@ def test_policy_feeds_the_memory_training_computes_from_the_same_maps():
     with torch.no_grad():  # a trained executor reads its memory
         model.executor.body[0].weight.normal_(0.0, 0.3)
     policy = ModelPolicy(model)
-    seen, maps = [], []
+    seen = []
 
     def record(module, args, output):
         seen.append(args[1][0, ODOMETRY_FEATURES:].clone())
 
     hook = model.executor.register_forward_hook(record)
-    runner = policy.runner
-
-    def keep_maps(*args):
-        probabilities, values, grounding = type(runner).__call__(runner, *args)
-        maps.append(grounding[0].numpy().copy())
-        return probabilities, values, grounding
-
-    policy.runner = type('Recorder', (), {'__call__': staticmethod(keep_maps),
-                                          'device': runner.device,
-                                          'text_length': None})()
     rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (12, 96, 128, 3), np.uint8)
     odom = np.zeros((12, 5))
     odom[:, 0] = np.linspace(0.0, 0.6, 12)
     odom[:, 2] = np.linspace(0.0, 2.0, 12)  # turning left, wrapped yaw stays below pi
     t = np.arange(12) * 0.1
-    policy.reset('go to the blue sphere')
+    instruction = 'go to the blue sphere'
+    policy.reset(instruction)
     for row in range(12):
-        policy.act(FollowerObservation(rng.integers(0, 256, (96, 128, 3), np.uint8),
-                                       tuple(odom[row]), float(t[row])))
+        policy.act(FollowerObservation(images[row], tuple(odom[row]), float(t[row])))
     hook.remove()
+    # The maps as training computes them (`refresh_map_memory`'s call), from the same frames.
+    with torch.no_grad():
+        maps = torch.sigmoid(model.vlm.grounding_logits(torch.from_numpy(images),
+                                                        [instruction] * 12)).numpy()
     bearings = patch_bearings(model.vlm.vision.grid, 90.0)
-    expected = episode_memory_features(np.stack(maps), bearings, odom, odom[:, 2], t, 8.0)
+    expected = episode_memory_features(maps, bearings, odom, odom[:, 2], t, 8.0)
     np.testing.assert_allclose(torch.stack(seen).numpy(), expected, atol=1e-5)
     assert expected[1:, 0].min() > 0.0, 'the map always has a strongest patch'
 

@@ -10,8 +10,7 @@ Several robots at once: `reset_batch([...])` with one instruction per robot, the
 `act_batch([obs, ...])` with one observation per robot, in the same order; every robot
 keeps its own previous action, unwrapped yaw and, for an executor that reads it, map memory
 (where its grounding map was strongest, `core.model.memory`). Not thread-safe: one thread
-drives a
-policy (the follower's inference thread does).
+drives a policy (the follower's inference thread does).
 """
 
 import math

@@ -390,9 +390,8 @@ def refresh_map_memory(model: VLITModel, data: TrajectorySet, batch_size: int = 
     for start in tqdm(starts, desc='map memory', unit='batch', disable=not progress,
                       leave=False):
         rows = slice(start, min(start + batch_size, frames))
-        images = as_image_batch(data.arrays['image'][rows], device)
-        text = model.batch_text({'texts': data.texts, 'text_index': data.text_index[rows]})
-        logits = vlm.fusion.grounding_logits(vlm.image_tokens(vlm.preprocess(images)), text)
+        logits = vlm.grounding_logits(as_image_batch(data.arrays['image'][rows], device),
+                                      [data.texts[i] for i in data.text_index[rows]])
         maps[rows] = torch.sigmoid(logits.float()).cpu().numpy()
     model.train(was_training)
     executor = model.config.executor
@@ -593,8 +592,11 @@ def _run(args, context: loop.DistributedContext) -> int:
                                   extra_shards=extra,
                                   all_objects=weights.patch_attributes > 0)
         if memory_from is not None and trainer.step >= memory_from:
-            refresh_map_memory(model, data, progress=context.is_main and not args.quiet)
+            refresh(data)
         return FamilyBatches(data, args.batch_size, args.seed, context, args.change_weight)
+
+    def refresh(data: TrajectorySet) -> None:
+        refresh_map_memory(model, data, progress=context.is_main and not args.quiet)
 
     weights = LossWeights(**{name: getattr(args, f'{name}_weight')
                              for name in _LOSS_WEIGHT_HELP})
@@ -625,13 +627,19 @@ def _run(args, context: loop.DistributedContext) -> int:
             if context.is_main:
                 print(f'task head fitted to {fitted["instructions"]} instructions: mean '
                       f'error {fitted["turn_error_deg"]} deg, {fitted["move_error_m"]} m')
-    for until in sorted({memory_from or args.steps, args.steps}):
-        if memory_from is not None and until == args.steps and \
-                batches.data.memory is None and trainer.step >= memory_from:
-            refresh_map_memory(model, batches.data, progress=context.is_main and not args.quiet)
-        trainer.train(loop.LoopConfig(until, args.lr, args.warmup, 0, args.steps,
+
+    def clone_until(step: int) -> None:
+        trainer.train(loop.LoopConfig(step, args.lr, args.warmup, 0, args.steps,
                                       log_every=args.log_every,
                                       checkpoint_every=args.checkpoint_every), 'cloning')
+
+    if memory_from:
+        # A new executor's memory: the first half of cloning without it, then the refresh
+        # (already done by `load_data` when a resumed run is past the half).
+        clone_until(memory_from)
+        if batches.data.memory is None:
+            refresh(batches.data)
+    clone_until(args.steps)
     if trainer.step == args.steps and rounds_done == 0:
         trainer.checkpoint()
     for round_index in range(schedule.rounds):

@@ -25,7 +25,7 @@ from typing import Any, List, Tuple
 from vlit_ros.core.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from vlit_ros.training import datagen, finetune, pretrain
 from vlit_ros.training.datasets import GROUNDING_LABELS
-from vlit_ros.training.presets import TEXT_ENCODERS
+from vlit_ros.training.presets import add_conv_stem_argument, TEXT_ENCODERS
 from vlit_ros.training.shards import MANIFEST, read_json, write_json
 
 # Behaviour-cloning steps after DAgger (the `polish` stage) and where its data is pooled.
@@ -70,10 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-fusion-state', action='store_true',
                         help="the executor skips the fusion Transformer's state (vlit-ros "
                              'finetune --no-fusion-state)')
-    parser.add_argument('--conv-stem', type=int, default=None, metavar='C',
-                        help='a convolutional patch embedding with C channels in its first '
-                             'layer, 0 the linear one (vlit-ros pretrain --conv-stem; default: '
-                             "the preset's)")
+    add_conv_stem_argument(parser)
     parser.add_argument('--map-memory', action='store_true',
                         help='the executor also reads where its own grounding map was '
                              'strongest on earlier frames (vlit-ros finetune --map-memory)')
