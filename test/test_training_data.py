@@ -28,7 +28,10 @@ from vlit_ros.training.datasets import (attribute_class, ATTRIBUTE_CLASSES,
                                         grounding_queries, IGNORE_LABEL, NO_BOX, object_boxes,
                                         patch_attribute_labels, QUERY_SPAN, scene_object_boxes,
                                         target_boxes)
-from vlit_ros.training.phrasings import (training_instruction, unseen_goto_instructions,
+from vlit_ros.training.phrasings import (goto_reference, GotoParaphraser, other_family_words,
+                                         PARAPHRASE_GOTO_TEMPLATES, phrasing_words,
+                                         tokenizer_words,
+                                         training_instruction, unseen_goto_instructions,
                                          UNSEEN_GOTO_SEED, UNSEEN_GOTO_TEMPLATES,
                                          uses_template)
 from vlit_ros.training.shards import iter_shards
@@ -328,6 +331,38 @@ def test_training_instructions_never_use_unseen_phrasings():
     assert not any(uses_template(t, u) for t in texts for u in UNSEEN_GOTO_TEMPLATES)
     unseen = {i.text for i in unseen_goto_instructions()}
     assert not texts & unseen
+
+
+def test_goto_reference_takes_the_most_specific_training_template():
+    assert goto_reference('go to the red cube now') == 'red cube'
+    assert goto_reference('um go to the uh violet ball') == 'violet ball'
+    assert goto_reference('the blue one') == 'blue one'
+    assert goto_reference('go toward the green can and stop there') == 'green can'
+    assert goto_reference('turn left') is None
+    assert goto_reference('make your way to the red cube') is None
+
+
+def test_paraphrases_keep_the_name_and_never_use_unseen_words():
+    paraphraser = GotoParaphraser(tokenizer_words())
+    unseen_only = phrasing_words(UNSEEN_GOTO_TEMPLATES) - phrasing_words(GOTO_TEMPLATES) - \
+        other_family_words()
+    assert 'proceed' in unseen_only and 'travel' in unseen_only
+    assert not phrasing_words(PARAPHRASE_GOTO_TEMPLATES) & unseen_only
+    assert not set(paraphraser.words) & (unseen_only | other_family_words())
+    assert not {'red', 'violet', 'ball', 'balls', 'cubes', 'stops', 'left'} & \
+        set(paraphraser.words)
+    rng = np.random.default_rng(0)
+    outputs = [paraphraser('go to the violet ball now', rng) for _ in range(200)]
+    assert all('violet ball' in text for text in outputs)
+    assert len(set(outputs)) > 150, 'rephrasings should vary'
+    assert not any(uses_template(t, u) for t in outputs for u in UNSEEN_GOTO_TEMPLATES)
+    # Half new phrasings, half random words; other families are never rephrased.
+    templated = sum(any(text == t.format(ref='violet ball') for t in PARAPHRASE_GOTO_TEMPLATES)
+                    for text in outputs)
+    assert 60 < templated < 140
+    assert paraphraser('turn left 90 degrees', rng) == 'turn left 90 degrees'
+    with pytest.raises(ValueError, match='no usable word'):
+        GotoParaphraser(['red', 'Cube', '123', 'stop'])
 
 
 def test_attribute_classes_name_each_colour_and_shape_pair_once():

@@ -28,6 +28,7 @@ from vlit_ros.sim.world import World
 from vlit_ros.training import finetune, loop, train_all
 from vlit_ros.training.datasets import TrajectorySet
 from vlit_ros.training.loop import STATE_DIR
+from vlit_ros.training.phrasings import goto_reference, GotoParaphraser, tokenizer_words
 from vlit_ros.training.presets import model_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +143,38 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
     for key in ('loss_grounding', 'loss_query'):
         assert float(presence[key]) != float(coverage[key]), key
     assert float(presence['loss_action']) == float(coverage['loss_action'])
+
+
+def test_paraphrased_batches_rephrase_goto_instructions_only(data):
+    frames = TrajectorySet.load([data], FAMILIES, VLITModel(model_config('tiny')).start_action)
+    context = loop.DistributedContext()
+    paraphraser = GotoParaphraser(tokenizer_words())
+    plain = finetune.FamilyBatches(frames, 64, 0, context)
+    texts, index = plain.instructions(0, plain.indices(0))
+    assert texts is frames.texts
+    batches = finetune.FamilyBatches(frames, 64, 0, context, paraphrase=0.5,
+                                     paraphraser=paraphraser)
+    changed = goto_rows = 0
+    for step in range(4):
+        rows = batches.indices(step)
+        texts, index = batches.instructions(step, rows)
+        assert len(set(texts)) == len(texts) and index.shape == rows.shape
+        again = batches.instructions(step, rows)
+        assert again[0] == texts and np.array_equal(again[1], index)
+        for row, position in zip(rows, index):
+            original = frames.texts[frames.text_index[row]]
+            if frames.families[frames.family[row]] != 'goto':
+                assert texts[position] == original
+                continue
+            goto_rows += 1
+            changed += texts[position] != original
+            assert goto_reference(original) in texts[position]
+        assert batches.batch(step)['texts'] == texts
+    assert goto_rows > 0 and 0.25 * goto_rows < changed < 0.75 * goto_rows
+    for share in (-0.1, 1.5, math.nan):
+        with pytest.raises(ValueError, match='between 0 and 1'):
+            finetune.FamilyBatches(frames, 64, 0, context, paraphrase=share,
+                                   paraphraser=paraphraser)
 
 
 def test_task_head_warm_up_reads_each_instructions_numbers(data):
@@ -261,6 +294,11 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
         assert float(stage[stage.index('--patch-attributes-weight') + 1]) == 0.7
         assert float(stage[stage.index('--text-attributes-weight') + 1]) == \
             finetune.LossWeights().text_attributes == 0.5
+        assert float(stage[stage.index('--paraphrase') + 1]) == 0.0
+    rephrased = {name: a for name, _, a in
+                 train_all.plan_stages(parser.parse_args(argv + ['--paraphrase', '0.5']))}
+    for name in ('finetune', 'polish'):
+        assert float(rephrased[name][rephrased[name].index('--paraphrase') + 1]) == 0.5
 
 
 def test_train_all_frees_a_stage_before_the_next_one_loads(tmp_path, monkeypatch):

@@ -33,6 +33,10 @@ What makes this learnable in a CPU budget:
 - before cloning, the task head alone is fitted to the dataset's distinct instructions
   (`--task-warmup-steps`, text only, seconds), so from the first step the executor sees the
   requested angle and distance it must learn to compare with odometry;
+- with `--paraphrase P`, that share of the goto frames of each batch get their instruction
+  rephrased (`phrasings.GotoParaphraser`): other phrasings, or random words around the
+  object's name, so the text side learns to read the name and to ignore words it has never
+  seen (the unseen phrasings stay unseen);
 - an executor with map memory (`--map-memory`, `core.model.memory`) is trained on the
   memory its own map would leave: halfway through cloning, and whenever the data is loaded
   after that (each DAgger round, a run that starts from a trained policy), the current
@@ -75,7 +79,7 @@ from vlit_ros.training.datagen import FAMILY_PLAN
 from vlit_ros.training.datasets import (ATTRIBUTE_CLASSES, AUXILIARY_TARGETS, GROUNDING_LABELS,
                                         grounding_labels, IGNORE_LABEL, patch_attribute_labels,
                                         TrajectorySet)
-from vlit_ros.training.phrasings import training_instruction
+from vlit_ros.training.phrasings import GotoParaphraser, tokenizer_words, training_instruction
 from vlit_ros.training.presets import (add_conv_stem_argument, model_config, PRESETS,
                                        TEXT_ENCODERS)
 from vlit_ros.training.report import family_rates, write_report
@@ -159,10 +163,17 @@ class FamilyBatches:
     """
 
     def __init__(self, data: TrajectorySet, batch_size: int, seed: int,
-                 context: loop.DistributedContext, change_weight: float = 1.0):
+                 context: loop.DistributedContext, change_weight: float = 1.0,
+                 paraphrase: float = 0.0, paraphraser: Optional[GotoParaphraser] = None):
+        if not 0.0 <= paraphrase <= 1.0:
+            raise ValueError(f'--paraphrase must be between 0 and 1, got {paraphrase}')
+        if paraphrase > 0 and paraphraser is None:
+            raise ValueError('rephrasing goto instructions needs a GotoParaphraser')
         self.data = data
         self.seed = seed
         self.context = context
+        self.paraphrase = paraphrase
+        self.paraphraser = paraphraser
         self.pools: List[Tuple[np.ndarray, int, np.ndarray]] = []
         present = [f for f in FAMILIES if (data.family == FAMILIES.index(f)).any()]
         total = sum(FAMILY_SHARES[f] for f in present)
@@ -185,11 +196,32 @@ class FamilyBatches:
             parts.append(rows[rng.choice(len(rows), size=count, p=probabilities)])
         return np.concatenate(parts)
 
+    def instructions(self, step: int, rows: np.ndarray) -> Tuple[List[str], np.ndarray]:
+        """
+        Return the batch's instructions as (distinct texts, index per row).
+
+        With `paraphrase` > 0 that share of the goto rows, drawn per (seed, step, rank), get
+        their instruction rephrased by the paraphraser.
+        """
+        index = self.data.text_index[rows]
+        if not self.paraphrase or 'goto' not in self.data.families:
+            return self.data.texts, index
+        rng = np.random.default_rng([self.seed, step, self.context.rank, len(self.pools)])
+        chosen = (self.data.family[rows] == self.data.families.index('goto')) & \
+            (rng.random(len(rows)) < self.paraphrase)
+        texts = [self.data.texts[i] for i in index]
+        for row in np.flatnonzero(chosen):
+            texts[row] = self.paraphraser(texts[row], rng)
+        distinct = list(dict.fromkeys(texts))
+        position = {text: k for k, text in enumerate(distinct)}
+        return distinct, np.array([position[text] for text in texts], np.int64)
+
     def batch(self, step: int) -> dict:
         rows = self.indices(step)
         arrays = self.data.arrays
-        batch = {'image': arrays['image'][rows], 'texts': self.data.texts,
-                 'text_index': self.data.text_index[rows], 'odom': arrays['odom'][rows],
+        texts, text_index = self.instructions(step, rows)
+        batch = {'image': arrays['image'][rows], 'texts': texts,
+                 'text_index': text_index, 'odom': arrays['odom'][rows],
                  't': arrays['t'][rows], 'yaw_total': arrays['yaw_total'][rows],
                  'prev_action': self.data.prev_action[rows],
                  'action': arrays['expert_action'][rows],
@@ -530,6 +562,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--change-weight', type=float, default=5.0,
                         help='how much more often frames where the expert changes action are '
                              'drawn (default: 5)')
+    parser.add_argument('--paraphrase', type=float, default=0.0, metavar='P',
+                        help='share of the goto frames of each batch whose instruction is '
+                             'rephrased: new phrasings, or random words around the name of '
+                             'the object (phrasings.GotoParaphraser; default: 0, none)')
     for name, what in _LOSS_WEIGHT_HELP.items():
         default = getattr(LossWeights(), name)
         parser.add_argument(f'--{name.replace("_", "-")}-weight', type=float, default=default,
@@ -584,6 +620,9 @@ def _run(args, context: loop.DistributedContext) -> int:
         memory_from = 0 if trained else args.steps // 2
     image_size = (model.config.vision.image_height, model.config.vision.image_width)
     roots = [Path(d) for d in args.data]
+    if not 0.0 <= args.paraphrase <= 1.0:
+        raise ValueError(f'--paraphrase must be between 0 and 1, got {args.paraphrase}')
+    paraphraser = GotoParaphraser(tokenizer_words()) if args.paraphrase > 0 else None
 
     def load_data(rounds_done: int) -> FamilyBatches:
         extra = [stem for r in range(rounds_done)
@@ -593,7 +632,8 @@ def _run(args, context: loop.DistributedContext) -> int:
                                   all_objects=weights.patch_attributes > 0)
         if memory_from is not None and trainer.step >= memory_from:
             refresh(data)
-        return FamilyBatches(data, args.batch_size, args.seed, context, args.change_weight)
+        return FamilyBatches(data, args.batch_size, args.seed, context, args.change_weight,
+                             args.paraphrase, paraphraser)
 
     def refresh(data: TrajectorySet) -> None:
         refresh_map_memory(model, data, progress=context.is_main and not args.quiet)

@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the executor skips the fusion Transformer's state (vlit-ros "
                              'finetune --no-fusion-state)')
     add_conv_stem_argument(parser)
+    parser.add_argument('--paraphrase', type=float, default=0.0, metavar='P',
+                        help='fine-tuning and polish: vlit-ros finetune --paraphrase, the share '
+                             'of goto frames whose instruction is rephrased (default: 0)')
     parser.add_argument('--map-memory', action='store_true',
                         help='the executor also reads where its own grounding map was '
                              'strongest on earlier frames (vlit-ros finetune --map-memory)')
@@ -111,7 +114,8 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
         (['--quiet'] if args.quiet else [])
     tuning = ['--grounding-labels', args.grounding_labels,
               '--patch-attributes-weight', str(args.patch_attributes_weight),
-              '--text-attributes-weight', str(args.text_attributes_weight)]
+              '--text-attributes-weight', str(args.text_attributes_weight),
+              '--paraphrase', str(args.paraphrase)]
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                ([] if args.trajectory_scenes is None else
                 ['--trajectory-scenes', str(args.trajectory_scenes)]) +
