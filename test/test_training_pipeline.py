@@ -294,11 +294,11 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
         assert float(stage[stage.index('--patch-attributes-weight') + 1]) == 0.7
         assert float(stage[stage.index('--text-attributes-weight') + 1]) == \
             finetune.LossWeights().text_attributes == 0.5
-        assert float(stage[stage.index('--paraphrase') + 1]) == 0.0
+        assert float(stage[stage.index('--paraphrase') + 1]) == finetune.PARAPHRASE_SHARE
     rephrased = {name: a for name, _, a in
-                 train_all.plan_stages(parser.parse_args(argv + ['--paraphrase', '0.5']))}
+                 train_all.plan_stages(parser.parse_args(argv + ['--paraphrase', '0']))}
     for name in ('finetune', 'polish'):
-        assert float(rephrased[name][rephrased[name].index('--paraphrase') + 1]) == 0.5
+        assert float(rephrased[name][rephrased[name].index('--paraphrase') + 1]) == 0.0
 
 
 def test_train_all_frees_a_stage_before_the_next_one_loads(tmp_path, monkeypatch):

@@ -92,6 +92,8 @@ DAGGER_SEEDS_PER_ROUND = 20_000
 FAMILY_SHARES: Dict[str, float] = {'goto': 0.5, 'turn': 0.2, 'move': 0.2, 'stop': 0.1}
 # Scene seed of the evaluation that ends a run (an evaluation seed, below the training ones).
 EVAL_SEED = 100_000
+# Share of each batch's goto frames whose instruction is rephrased (`--paraphrase`).
+PARAPHRASE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -562,10 +564,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--change-weight', type=float, default=5.0,
                         help='how much more often frames where the expert changes action are '
                              'drawn (default: 5)')
-    parser.add_argument('--paraphrase', type=float, default=0.0, metavar='P',
+    parser.add_argument('--paraphrase', type=float, default=PARAPHRASE_SHARE, metavar='P',
                         help='share of the goto frames of each batch whose instruction is '
                              'rephrased: new phrasings, or random words around the name of '
-                             'the object (phrasings.GotoParaphraser; default: 0, none)')
+                             'the object (phrasings.GotoParaphraser; default: '
+                             f'{PARAPHRASE_SHARE:g}; 0: none)')
     for name, what in _LOSS_WEIGHT_HELP.items():
         default = getattr(LossWeights(), name)
         parser.add_argument(f'--{name.replace("_", "-")}-weight', type=float, default=default,

@@ -71,9 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the executor skips the fusion Transformer's state (vlit-ros "
                              'finetune --no-fusion-state)')
     add_conv_stem_argument(parser)
-    parser.add_argument('--paraphrase', type=float, default=0.0, metavar='P',
+    parser.add_argument('--paraphrase', type=float, default=finetune.PARAPHRASE_SHARE,
+                        metavar='P',
                         help='fine-tuning and polish: vlit-ros finetune --paraphrase, the share '
-                             'of goto frames whose instruction is rephrased (default: 0)')
+                             'of goto frames whose instruction is rephrased (default: '
+                             f'{finetune.PARAPHRASE_SHARE:g}, as the shipped checkpoint was '
+                             'trained; 0: none)')
     parser.add_argument('--map-memory', action='store_true',
                         help='the executor also reads where its own grounding map was '
                              'strongest on earlier frames (vlit-ros finetune --map-memory)')
