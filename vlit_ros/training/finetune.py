@@ -96,6 +96,12 @@ EVAL_SEED = 100_000
 PARAPHRASE_SHARE = 0.5
 
 
+def check_paraphrase_share(share: float) -> None:
+    """Refuse a `--paraphrase` share outside [0, 1] (NaN included)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f'--paraphrase must be between 0 and 1, got {share}')
+
+
 @dataclass(frozen=True)
 class DaggerSchedule:
     """How many DAgger rounds, and what each does."""
@@ -167,8 +173,7 @@ class FamilyBatches:
     def __init__(self, data: TrajectorySet, batch_size: int, seed: int,
                  context: loop.DistributedContext, change_weight: float = 1.0,
                  paraphrase: float = 0.0, paraphraser: Optional[GotoParaphraser] = None):
-        if not 0.0 <= paraphrase <= 1.0:
-            raise ValueError(f'--paraphrase must be between 0 and 1, got {paraphrase}')
+        check_paraphrase_share(paraphrase)
         if paraphrase > 0 and paraphraser is None:
             raise ValueError('rephrasing goto instructions needs a GotoParaphraser')
         self.data = data
@@ -206,7 +211,7 @@ class FamilyBatches:
         their instruction rephrased by the paraphraser.
         """
         index = self.data.text_index[rows]
-        if not self.paraphrase or 'goto' not in self.data.families:
+        if not self.paraphrase:
             return self.data.texts, index
         rng = np.random.default_rng([self.seed, step, self.context.rank, len(self.pools)])
         chosen = (self.data.family[rows] == self.data.families.index('goto')) & \
@@ -623,8 +628,7 @@ def _run(args, context: loop.DistributedContext) -> int:
         memory_from = 0 if trained else args.steps // 2
     image_size = (model.config.vision.image_height, model.config.vision.image_width)
     roots = [Path(d) for d in args.data]
-    if not 0.0 <= args.paraphrase <= 1.0:
-        raise ValueError(f'--paraphrase must be between 0 and 1, got {args.paraphrase}')
+    check_paraphrase_share(args.paraphrase)  # before the paraphraser and the data load
     paraphraser = GotoParaphraser(tokenizer_words()) if args.paraphrase > 0 else None
 
     def load_data(rounds_done: int) -> FamilyBatches:

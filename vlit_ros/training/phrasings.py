@@ -15,9 +15,10 @@ import numpy as np
 
 from vlit_ros.core.model.hf import load_tokenizer, minilm_directory
 from vlit_ros.sim.scene import Scene
-from vlit_ros.sim.tasks import (DISTANCE_WORDS, generate_instruction, GOTO_HELD_OUT_TEMPLATES,
-                                GOTO_TEMPLATES, Instruction, MOVE_BACKWARD_TEMPLATES,
-                                MOVE_FORWARD_TEMPLATES, referring_expressions, STOP_PHRASES,
+from vlit_ros.sim.tasks import (COLOR_WORDS, DISTANCE_WORDS, generate_instruction,
+                                GOTO_HELD_OUT_TEMPLATES, GOTO_TEMPLATES, Instruction,
+                                MOVE_BACKWARD_TEMPLATES, MOVE_FORWARD_TEMPLATES,
+                                referring_expressions, SHAPE_WORDS, STOP_PHRASES,
                                 TURN_DEGREE_TEMPLATES, TURN_DEGREES, TURN_NAMED)
 
 # Goto phrasings of our own that appear in no training data either.
@@ -87,11 +88,13 @@ RANDOM_WORD_GOTO_TEMPLATES: Tuple[str, ...] = (
     'go to the {ref} {w}', '{w} the {ref} {w}', '{w} {w} {w} the {ref}', 'the {ref} {w}',
     'go {w} the {ref}', '{w} go to the {ref}',
 )
-# Words a random-word phrasing never uses: colours and shapes could name another object.
+# Words a random-word phrasing never uses: colours and shapes could name another object. The
+# scene's words (`COLOR_WORDS`, `SHAPE_WORDS`, the nouns of `referring_expressions`) and
+# other common colour and shape names.
 _COLOUR_AND_SHAPE_WORDS = frozenset(
-    'red orange yellow green blue purple violet pink brown black white grey gray cyan magenta '
-    'gold silver teal cube box block sphere ball orb cylinder can pillar thing one cone '
-    'square circle round tube'.split())
+    [w for words in (*COLOR_WORDS.values(), *SHAPE_WORDS.values()) for w in words] +
+    'one thing pink brown black white grey gray cyan magenta gold silver teal cone square '
+    'circle round tube'.split())
 
 
 def phrasing_words(templates: Iterable[str]) -> set:
