@@ -5,7 +5,7 @@ Online learning in the shifted world, start to finish (the demonstration of issu
     python bench/online_shift.py --out runs/look --minutes 3 --eval-episodes 16   # a look
 
 1. *Before*: evaluates the starting checkpoint on `goto` in the shifted world (camera yawed
-   30 degrees, left wheel 40% weaker: `scene.SHIFT_DESCRIPTION`) and in the nominal one,
+   50 degrees, left wheel 55% weaker: `scene.SHIFT_DESCRIPTION`) and in the nominal one,
    in-process with the rules of `vlit-ros eval --families goto --seed EVAL_SEED`.
 2. *Learning*: brings up the graph of `vlit-ros run sim:=mujoco shifted:=true learn:=true
    families:=goto`: sim, task, instruction_follower and trainer as separate processes over

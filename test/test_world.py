@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vlit_ros.sim.scene import ObjectSpec, RobotSpec, Scene
+from vlit_ros.sim.scene import ObjectSpec, RobotSpec, Scene, SHIFT_CAMERA_YAW_DEG
 from vlit_ros.sim.world import World
 
 COMMANDS = ['forward'] * 8 + ['turn_left'] * 5 + ['forward_right'] * 6 + ['backward'] * 3
@@ -83,14 +83,19 @@ def test_camera_image_shape_and_it_sees_colour():
 
 
 def test_shifted_camera_sees_the_object_off_centre():
-    obj = ObjectSpec('cube', 'red', 1.5, 0.0, 0.24)
+    # An object left of the robot's heading by half the mount's yaw: the camera, yawed left by
+    # the whole of it, sees the object right of centre.
+    bearing = math.radians(SHIFT_CAMERA_YAW_DEG / 2)
+    obj = ObjectSpec('cube', 'red', 1.5 * math.cos(bearing), 1.5 * math.sin(bearing), 0.24)
+    with World(Scene(seed=0, objects=(obj,))) as world:
+        image = world.render().astype(int)
+        red = (image[..., 0] > 120) & (image[..., 1] < 60)
+        assert np.nonzero(red.any(axis=0))[0].mean() < 64 - 10
     scene = Scene(seed=0, objects=(obj,), robot=RobotSpec().shifted())
     with World(scene) as world:
         image = world.render().astype(int)
         red = (image[..., 0] > 120) & (image[..., 1] < 60)
-        columns = np.nonzero(red.any(axis=0))[0]
-        # Camera yawed left (30 degrees): the object ahead appears right of centre.
-        assert columns.mean() > 64 + 10
+        assert np.nonzero(red.any(axis=0))[0].mean() > 64 + 10
 
 
 def test_weak_left_wheel_curves_to_the_left():

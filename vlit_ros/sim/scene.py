@@ -99,10 +99,12 @@ class ObjectSpec:
 
 
 # The domain-shifted robot of `--world shifted` / `shifted:=true` (online-learning issue):
-# first 20 degrees and 0.7; strengthened to these in the fifteenth session, when the default
-# checkpoint scored 69% on goto in the old shift (the issue asks for at most 60% there).
-SHIFT_CAMERA_YAW_DEG = 30.0
-SHIFT_LEFT_WHEEL_GAIN = 0.6
+# first 20 degrees and 0.7; strengthened to 30 degrees and 0.6 in the fifteenth session, when
+# the default checkpoint scored 69% on goto in the old shift (the issue asks for at most 60%
+# there), and to these in the twenty-third, when the default checkpoint scored 75% in that one.
+# At 50 degrees an object straight ahead is outside the camera's 90-degree field of view.
+SHIFT_CAMERA_YAW_DEG = 50.0
+SHIFT_LEFT_WHEEL_GAIN = 0.45
 SHIFT_DESCRIPTION = (f'camera mount yawed {SHIFT_CAMERA_YAW_DEG:g} degrees, left wheel '
                      f'{round(100 * (1 - SHIFT_LEFT_WHEEL_GAIN))}% weaker')
 
