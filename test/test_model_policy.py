@@ -9,7 +9,7 @@ from tiny_models import tiny_config
 import torch
 
 from vlit_ros import cli
-from vlit_ros.core.actions import ACTIONS, TURN_HYSTERESIS
+from vlit_ros.core.actions import ACTIONS
 from vlit_ros.core.follower_logic import action_probabilities, FollowerObservation
 from vlit_ros.core.model import (CheckpointError, FrameRunner, PretrainingModel,
                                  save_checkpoint, VLITModel, weights_to_bytes)
@@ -135,65 +135,6 @@ def test_sampling_is_reproducible_under_a_seed(model):
     assert runs[0] == runs[1]
     with pytest.raises(ValueError, match='temperature'):
         ModelPolicy(model, temperature=-1.0)
-
-
-class _FixedRunner:
-    """Stands in for the frame runner: hands out the given distributions, one per call."""
-
-    device = torch.device('cpu')
-    text_length = None
-
-    def __init__(self, rows):
-        self.rows = list(rows)
-
-    def __call__(self, images, text, odometry, prev):
-        probabilities = torch.tensor([self.rows.pop(0)], dtype=torch.float64)
-        return probabilities, torch.zeros(1), torch.zeros(1, 1)
-
-
-def distribution(**named):
-    rest = (1.0 - sum(named.values())) / (len(ACTIONS) - len(named))
-    return [named.get(name, rest) for name in ACTIONS]
-
-
-@pytest.mark.parametrize('hysteresis, expected', [
-    (0.0, ['turn_right', 'turn_left', 'turn_right', 'turn_left']),
-    (0.5, ['turn_right', 'turn_right', 'turn_right', 'turn_left']),
-    (1.0, ['turn_right', 'turn_right', 'turn_right', 'turn_right']),
-])
-def test_greedy_turns_reverse_only_past_the_hysteresis(model, hysteresis, expected):
-    rows = [distribution(turn_right=0.9),
-            distribution(turn_left=0.45, turn_right=0.40),   # a near tie: keeps turning
-            distribution(turn_left=0.2, turn_right=0.5),
-            distribution(turn_left=0.9, turn_right=0.05)]    # clearly the other way
-    policy = ModelPolicy(model, turn_hysteresis=hysteresis)
-    policy.reset('find the red cube')
-    policy.runner = _FixedRunner(rows)
-    assert [policy.act(observation(i)) for i in range(4)] == expected
-    # A turn after another action is the plain argmax, whatever the hysteresis.
-    policy.reset('find the red cube')
-    policy.runner = _FixedRunner([distribution(forward=0.9),
-                                  distribution(turn_left=0.45, turn_right=0.40)])
-    assert [policy.act(observation(i)) for i in range(2)] == ['forward', 'turn_left']
-    # Sampling draws from the distribution as it is.
-    sampler = ModelPolicy(model, greedy=False, seed=0, turn_hysteresis=1.0)
-    sampler.reset('find the red cube')
-    sampler.runner = _FixedRunner([distribution(turn_right=1.0), distribution(turn_left=1.0)])
-    assert [sampler.act(observation(i)) for i in range(2)] == ['turn_right', 'turn_left']
-
-
-def test_turn_hysteresis_is_checked_and_only_for_the_model(model, checkpoint, capsys):
-    for bad in (-0.1, 1.5, float('nan')):
-        with pytest.raises(ValueError, match='turn_hysteresis'):
-            ModelPolicy(model, turn_hysteresis=bad)
-    assert load_policy('model', str(checkpoint), turn_hysteresis=0.0).turn_hysteresis == 0.0
-    assert load_policy('model', str(checkpoint)).turn_hysteresis == TURN_HYSTERESIS
-    with pytest.raises(ValueError, match='model policy only'):
-        load_policy('expert', turn_hysteresis=0.5)
-    for bad in (['--turn-hysteresis', '2'], ['--policy', 'random', '--turn-hysteresis', '0']):
-        assert cli.main(['eval', '--checkpoint', str(checkpoint), '--episodes', '1',
-                         '--quiet'] + bad) == 2
-        assert 'hysteresis' in capsys.readouterr().err
 
 
 def test_eval_samples_with_a_temperature_reproducibly_and_refuses_it_elsewhere(

@@ -16,7 +16,6 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 from tqdm import tqdm
 
-from vlit_ros.core.actions import TURN_HYSTERESIS
 from vlit_ros.policies import load_policy
 from vlit_ros.sim.episode import EpisodeResult, make_episode, run_episode, \
     run_episodes_batched, TRAINING_SEED_BASE
@@ -53,10 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '(default: greedy)')
     parser.add_argument('--sample-seed', type=int, default=0,
                         help='seed of the action sampling with --temperature (default: 0)')
-    parser.add_argument('--turn-hysteresis', type=float, default=None, metavar='D',
-                        help='--policy model, greedy: keep turning the same way unless the '
-                             'reverse turn is more likely by more than D (0: plain argmax; '
-                             f'default: {TURN_HYSTERESIS:g})')
     parser.add_argument('--batch', type=int, default=16,
                         help='episodes run in lockstep with one batched forward pass a step, '
                              'for --policy model (default: 16; 1: one at a time)')
@@ -214,8 +209,7 @@ def run(args: argparse.Namespace) -> int:
         families = parse_families(args.families)
         policy = load_policy(args.policy, checkpoint=args.checkpoint, device=args.device,
                              seed=args.seed, temperature=args.temperature,
-                             sample_seed=args.sample_seed,
-                             turn_hysteresis=args.turn_hysteresis)
+                             sample_seed=args.sample_seed)
     except ValueError as exc:
         print(f'vlit-ros eval: error: {exc}', file=sys.stderr)
         return 2
@@ -231,14 +225,11 @@ def run(args: argparse.Namespace) -> int:
     summary.update({'policy': args.policy, 'checkpoint': args.checkpoint,
                     'instructions': args.instructions, 'world': args.world,
                     'temperature': args.temperature,
-                    'sample_seed': None if args.temperature is None else args.sample_seed,
-                    'turn_hysteresis': getattr(policy, 'turn_hysteresis', None)})
+                    'sample_seed': None if args.temperature is None else args.sample_seed})
     title = (f'policy={args.policy} episodes={args.episodes} seed={args.seed} '
              f'world={args.world}')
     if args.temperature is not None:
         title += f' temperature={args.temperature:g} sample-seed={args.sample_seed}'
-    if args.turn_hysteresis is not None:
-        title += f' turn-hysteresis={args.turn_hysteresis:g}'
     print(format_table(summary, title))
     print(f'wall {summary["wall_time_s"]:.1f} s, simulated {summary["sim_time_s"]:.1f} s, '
           f'real-time factor {summary["real_time_factor"]:.1f}x')

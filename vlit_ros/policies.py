@@ -88,18 +88,15 @@ def load_grounding_model(checkpoint: Optional[str] = None):
 
 def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu',
                 seed: Optional[int] = None, temperature: Optional[float] = None,
-                sample_seed: Optional[int] = None, turn_hysteresis: Optional[float] = None):
+                sample_seed: Optional[int] = None):
     """
     Return a policy object for a `--policy` value.
 
     `temperature` makes the model policy sample (seeded by `sample_seed`) instead of acting
-    greedily; `turn_hysteresis` overrides its greedy default (`core.policy.TURN_HYSTERESIS`).
-    Either is an error for any other policy.
+    greedily; it is an error for any other policy.
     """
     if temperature is not None and spec != 'model':
         raise ValueError(f'a temperature applies to the model policy only, not {spec!r}')
-    if turn_hysteresis is not None and spec != 'model':
-        raise ValueError(f'a turn hysteresis applies to the model policy only, not {spec!r}')
     if spec == 'expert':
         from vlit_ros.sim.expert import ExpertPolicy
         return ExpertPolicy()
@@ -107,12 +104,10 @@ def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu'
         return RandomPolicy(seed)
     if spec == 'model':
         from vlit_ros.core.policy import ModelPolicy
-        options = {} if temperature is None else \
+        sampling = {} if temperature is None else \
             {'greedy': False, 'temperature': temperature, 'seed': sample_seed}
-        if turn_hysteresis is not None:
-            options['turn_hysteresis'] = turn_hysteresis
         return ModelPolicy.from_checkpoint(checkpoint or default_checkpoint(), device=device,
-                                           **options)
+                                           **sampling)
     if ':' in spec:
         return load_plugin(spec)
     raise ValueError(f'unknown policy {spec!r}; use one of {", ".join(BUILTIN_POLICIES)} '

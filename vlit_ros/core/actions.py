@@ -16,12 +16,6 @@ ACTIONS: Tuple[str, ...] = (
 ACTION_INDEX: Dict[str, int] = {name: i for i, name in enumerate(ACTIONS)}
 NUM_ACTIONS = len(ACTIONS)
 CONTROL_RATE_HZ = 10.0
-# A learned policy acting greedily (`core.policy.ModelPolicy`) does not reverse an in-place turn
-# from one decision to the next (turn_left right after turn_right, or back) unless the reverse
-# turn's probability beats the current turn's by more than this; 0 is the plain argmax, 1
-# never reverses a turn directly. The learner's goto searches that time out mostly swing
-# left-right-left without completing a sweep (twenty-third session, docs/TRAINING.md).
-TURN_HYSTERESIS = 0.5
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from vlit_ros.core.actions import action_index, ACTIONS, TURN_HYSTERESIS
+from vlit_ros.core.actions import action_index, ACTIONS
 from vlit_ros.core.geometry import wrap_angle
 from vlit_ros.core.model.checkpoint import CheckpointError, load_checkpoint, \
     load_weights_from_bytes, read_checkpoint_info
@@ -27,9 +27,6 @@ from vlit_ros.core.model.executor import odometry_features, VLITModel
 from vlit_ros.core.model.inference import FrameRunner
 from vlit_ros.core.model.memory import MapMemory, patch_bearings
 from vlit_ros.core.model.vision import as_image_batch
-
-_TURN_REVERSALS = {action_index('turn_left'): action_index('turn_right'),
-                   action_index('turn_right'): action_index('turn_left')}
 
 
 class _Robot:
@@ -61,22 +58,18 @@ class ModelPolicy:
     def __init__(self, model: VLITModel, device: Union[str, torch.device] = 'cpu', *,
                  greedy: bool = True, temperature: float = 1.0, seed: Optional[int] = None,
                  precision: str = 'auto', compile_model: bool = False,
-                 cuda_graph: bool = False, version: Optional[str] = None,
-                 turn_hysteresis: float = TURN_HYSTERESIS):
+                 cuda_graph: bool = False, version: Optional[str] = None):
         """
         Wrap `model` on `device`.
 
         `greedy=False` samples from softmax(logits / temperature) with a generator seeded by
         `seed`. `precision`, `compile_model` and `cuda_graph` are `FrameRunner`'s (CUDA
         only for the last two). `version` names the weights (default: 'untracked').
-        `turn_hysteresis` (0 to 1, greedy acting only): see `TURN_HYSTERESIS`.
         """
         if not isinstance(model, VLITModel):
             raise TypeError(f'ModelPolicy needs a VLITModel, got {type(model).__name__}')
         if not (math.isfinite(temperature) and temperature > 0.0):
             raise ValueError(f'temperature must be a positive number, got {temperature!r}')
-        if not 0.0 <= turn_hysteresis <= 1.0:
-            raise ValueError(f'turn_hysteresis must lie in [0, 1], got {turn_hysteresis!r}')
         self.model = model.to(device).eval()
         self.runner = FrameRunner(self.model, precision, compile_model, cuda_graph)
         executor = self.model.config.executor
@@ -84,7 +77,6 @@ class ModelPolicy:
             if self.model.executor.memory else None
         self.greedy = greedy
         self.temperature = temperature
-        self.turn_hysteresis = float(turn_hysteresis)
         self.version = version or 'untracked'
         self._rng = np.random.default_rng(seed)
         self._robots: List[_Robot] = []
@@ -167,19 +159,14 @@ class ModelPolicy:
         probabilities = probabilities.cpu().numpy().astype(np.float64)
         self._probabilities = probabilities
         self._values = values.cpu().numpy().astype(np.float64)
-        chosen = [self._choose(row, robot.prev_action)
-                  for row, robot in zip(probabilities, self._robots)]
+        chosen = [self._choose(row) for row in probabilities]
         for robot, index in zip(self._robots, chosen):
             robot.prev_action = index
         return [ACTIONS[index] for index in chosen]
 
-    def _choose(self, probabilities: np.ndarray, previous: int) -> int:
+    def _choose(self, probabilities: np.ndarray) -> int:
         if self.greedy:
-            best = int(probabilities.argmax())
-            if _TURN_REVERSALS.get(previous) == best and \
-                    probabilities[best] - probabilities[previous] < self.turn_hysteresis:
-                return previous
-            return best
+            return int(probabilities.argmax())
         # p^(1/T) renormalised is softmax(logits / T).
         weights = np.power(np.clip(probabilities, 1e-30, None), 1.0 / self.temperature)
         return int(self._rng.choice(len(ACTIONS), p=weights / weights.sum()))

@@ -517,8 +517,7 @@ def run_rollouts(model: VLITModel, out: Path, round_index: int, schedule: Dagger
         seed = args.seed * 1000 + round_index * 10 + context.rank
         sampling = {} if schedule.temperature == 0.0 else \
             {'greedy': False, 'temperature': schedule.temperature, 'seed': seed}
-        # The rounds roll out the plain argmax, as when the shipped checkpoint was trained.
-        policy = ModelPolicy(model, context.device, turn_hysteresis=0.0, **sampling)
+        policy = ModelPolicy(model, context.device, **sampling)
         buffer = collect(policy, specs, ids, schedule.beta_of(round_index), seed=seed,
                          parallel=schedule.parallel,
                          progress=context.is_main and not args.quiet)
