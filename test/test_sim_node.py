@@ -285,9 +285,10 @@ def test_a_scene_message_loads_paused_and_the_pause_service_resumes(sim_graph):
     response = probe.call(SetBool, 'sim/pause', SetBool.Request(data=False))
     assert response.success and response.message.startswith('running')
     assert probe.wait_for(lambda: seconds(probe.latest('/clock').clock) > clock + 0.3)
-    # The initial twist carries the robot forward until the command times out.
+    # The initial twist carries the robot forward until the command times out (about 2 cm in
+    # the shifted world, whose left wheel is 55% weaker).
     moved = probe.latest('sim/ground_truth').pose.pose.position
-    assert math.hypot(moved.x - scene.robot_x, moved.y - scene.robot_y) > 0.02
+    assert math.hypot(moved.x - scene.robot_x, moved.y - scene.robot_y) > 0.01
     assert not json.loads(probe.latest('sim/status').data)['paused']
 
 
