@@ -82,20 +82,21 @@ def test_camera_image_shape_and_it_sees_colour():
         assert top.shape == (64, 64, 3)
 
 
+def red_column(scene: Scene) -> float:
+    """Return the mean image column of the red pixels the robot's camera sees."""
+    with World(scene) as world:
+        image = world.render().astype(int)
+    red = (image[..., 0] > 120) & (image[..., 1] < 60)
+    return float(np.nonzero(red.any(axis=0))[0].mean())
+
+
 def test_shifted_camera_sees_the_object_off_centre():
     # An object left of the robot's heading by half the mount's yaw: the camera, yawed left by
     # the whole of it, sees the object right of centre.
     bearing = math.radians(SHIFT_CAMERA_YAW_DEG / 2)
     obj = ObjectSpec('cube', 'red', 1.5 * math.cos(bearing), 1.5 * math.sin(bearing), 0.24)
-    with World(Scene(seed=0, objects=(obj,))) as world:
-        image = world.render().astype(int)
-        red = (image[..., 0] > 120) & (image[..., 1] < 60)
-        assert np.nonzero(red.any(axis=0))[0].mean() < 64 - 10
-    scene = Scene(seed=0, objects=(obj,), robot=RobotSpec().shifted())
-    with World(scene) as world:
-        image = world.render().astype(int)
-        red = (image[..., 0] > 120) & (image[..., 1] < 60)
-        assert np.nonzero(red.any(axis=0))[0].mean() > 64 + 10
+    assert red_column(Scene(seed=0, objects=(obj,))) < 64 - 10
+    assert red_column(Scene(seed=0, objects=(obj,), robot=RobotSpec().shifted())) > 64 + 10
 
 
 def test_weak_left_wheel_curves_to_the_left():
