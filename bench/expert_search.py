@@ -5,12 +5,13 @@
 How the expert searches for goto targets: success, ground-truth fallbacks, length, dithering.
 
     python bench/expert_search.py --episodes 200 --seed 1
+    python bench/expert_search.py --episodes 200 --seed 1 --far-search
 
 Runs the expert on generated goto episodes (scene seeds SEED, SEED + 1, ...) and prints its
 success, in how many episodes its camera-only search ran out and it fell back on ground truth
 (`ExpertPolicy.search_exhausted`), the median and mean episode length in steps, and how often
 per episode it changed turning direction (left to right or back): what a learner copying it
-has to get right.
+has to get right. `--far-search` measures the expert of `--expert-far-search` instead.
 """
 
 import argparse
@@ -25,7 +26,7 @@ from vlit_ros.sim.world import World
 _TURNS = ('turn_left', 'turn_right')
 
 
-def search_statistics(episodes: int, seed: int) -> dict:
+def search_statistics(episodes: int, seed: int, far_search: bool = False) -> dict:
     """Run the expert on `episodes` goto episodes from scene seed `seed`; return the figures."""
     if episodes < 1:
         raise ValueError(f'--episodes must be at least 1, got {episodes}')
@@ -33,7 +34,7 @@ def search_statistics(episodes: int, seed: int) -> dict:
     with World() as world:
         for index in range(episodes):
             spec = make_episode(index, seed, families=('goto',))
-            expert = ExpertPolicy()
+            expert = ExpertPolicy(far_search=far_search)
             result = run_episode(world, expert, spec)
             turns = [a for a in result.actions if a in _TURNS]
             successes += int(result.success)
@@ -41,7 +42,7 @@ def search_statistics(episodes: int, seed: int) -> dict:
             fallbacks += int(expert.search_exhausted)
             lengths.append(len(result.actions))
             flips.append(sum(a != b for a, b in zip(turns, turns[1:])))
-    return {'episodes': episodes, 'seed': seed, 'success': successes,
+    return {'episodes': episodes, 'seed': seed, 'far_search': far_search, 'success': successes,
             'ground_truth_fallbacks': fallbacks, 'median_steps': statistics.median(lengths),
             'mean_steps': round(statistics.mean(lengths), 1),
             'turn_direction_changes_per_episode': round(statistics.mean(flips), 2)}
@@ -51,9 +52,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--episodes', type=int, default=200)
     parser.add_argument('--seed', type=int, default=1)
+    parser.add_argument('--far-search', action='store_true',
+                        help='the far search of gen-data / train-all --expert-far-search')
     args = parser.parse_args(argv)
     try:
-        figures = search_statistics(args.episodes, args.seed)
+        figures = search_statistics(args.episodes, args.seed, args.far_search)
     except ValueError as exc:
         print(f'expert_search: error: {exc}', file=sys.stderr)
         return 2

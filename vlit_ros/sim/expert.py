@@ -15,6 +15,14 @@ depends on things the learner has too: the image, the odometry since the instruc
 motion so far. A target lost from view while driving (an arc around an obstacle) is turned
 toward directly; it has just been seen. `last_rule` says which rule gave the last action
 (`RULES`), so benchmarks can count how many labels a learner could copy.
+
+With `far_search` (off by default; `gen-data` / `finetune` / `train-all --expert-far-search`)
+the search also stays within what the learner's map can do: a target farther than
+`_SEE_RANGE_M` counts as out of view until it has once been seen within that range (the map
+rarely finds a target that far, so steering at it is a label the learner cannot copy), and a
+sweep that found nothing is followed by turning back to the start heading, driving ahead
+`_ADVANCE_M` and sweeping again, instead of turning toward the target by ground truth. Only
+after the second sweep does the expert fall back on what it knows.
 """
 
 import math
@@ -48,11 +56,22 @@ _SWEEP_RIGHT_DEG = -95.0
 # driven (m) after which a target out of view counts as lost on the way rather than unseen.
 _TURNING_RADPS = 0.2
 _DRIVEN_M = 0.3
+# Far search: the distance within which the target counts as seen (m; the shipped map finds
+# a target on most frames up to 3 m and few beyond), how far the robot drives ahead between
+# two sweeps (m), how close to the start heading it turns back before that (deg), and the
+# most steps the drive ahead may take (boxed in by objects or a wall).
+_SEE_RANGE_M = 3.5
+_ADVANCE_M = 1.5
+_FACING_DEG = 10.0
+_ADVANCE_MAX_STEPS = 80
 # What `last_rule` can say: no goto (odometry servo or stop), at the target, steering with the
-# target in view, the camera-only sweep, and ground truth with the target out of view (lost
-# on the way, or hidden after the sweep: a camera-only learner cannot copy these labels; an
-# expert without `observable_search` always steers by ground truth).
-RULES = ('not_goto', 'at_target', 'in_view', 'sweep', 'ground_truth')
+# target in view, the camera-only sweep, the far search's drive ahead between two sweeps, and
+# ground truth with the target out of view (lost on the way, or hidden after the sweep: a
+# camera-only learner cannot copy these labels; an expert without `observable_search` always
+# steers by ground truth).
+RULES = ('not_goto', 'at_target', 'in_view', 'sweep', 'advance', 'ground_truth')
+# Phases of the far search.
+_SWEEP, _RETURN, _ADVANCE, _SWEEP_AGAIN, _DONE = range(5)
 
 
 class ExpertPolicy:
@@ -61,9 +80,13 @@ class ExpertPolicy:
     privileged = True
 
     def __init__(self, action_params: Optional[ActionParams] = None,
-                 observable_search: bool = True):
+                 observable_search: bool = True, far_search: bool = False):
+        if far_search and not observable_search:
+            raise ValueError('far_search is a kind of observable search: it needs '
+                             'observable_search=True')
         self.action_params = action_params or ActionParams()
         self.observable_search = observable_search
+        self.far_search = far_search
         self._task: Optional[Task] = None
         self._world = None
         self._search_done = False
@@ -79,6 +102,10 @@ class ExpertPolicy:
         self._cumulative_yaw = 0.0
         self._last_yaw = 0.0
         self._search_done = False
+        self._seen = False
+        self._phase = _SWEEP
+        self._advance_from = (0.0, 0.0)
+        self._advance_steps = 0
 
     def act(self, obs) -> str:
         if self._task is None:
@@ -125,14 +152,22 @@ class ExpertPolicy:
         tx, ty = to_frame(pose, target.x, target.y)
         self.last_rule = 'ground_truth'
         if self.observable_search:
-            if self.target_in_view():
+            if self.target_in_view() and (not self.far_search or self._seen or
+                                          distance <= _SEE_RANGE_M):
+                self._seen = True
                 self.last_rule = 'in_view'
             else:
-                search = self._search(odom)
+                search = self._far_search(odom, pose) if self.far_search else \
+                    self._search(odom)
                 if search is not None:
-                    self.last_rule = 'sweep'
+                    if self.last_rule == 'ground_truth':
+                        self.last_rule = 'sweep'
                     return search
-        bearing = self._clear_heading(pose, math.atan2(ty, tx), distance)
+        return self._steer(self._clear_heading(pose, math.atan2(ty, tx), distance))
+
+    @staticmethod
+    def _steer(bearing: float) -> str:
+        """Return the primitive that heads for a bearing (rad, robot frame)."""
         if abs(bearing) > _TURN_IN_PLACE_ABOVE:
             return 'turn_left' if bearing > 0 else 'turn_right'
         if abs(bearing) > _ARC_ABOVE:
@@ -177,9 +212,48 @@ class ExpertPolicy:
             return None
         if math.hypot(odom[0], odom[1]) > _DRIVEN_M:
             return None  # lost on the way: it was in view a moment ago
+        return self._sweep_move(swept, odom)
+
+    @staticmethod
+    def _sweep_move(swept: float, odom) -> str:
+        """Return the sweep's turn: left up to `_SWEEP_LEFT_DEG`, then right."""
         if odom[4] < -_TURNING_RADPS:
             return 'turn_right'  # the sweep has turned right: go on
         return 'turn_left' if swept < _SWEEP_LEFT_DEG else 'turn_right'
+
+    def _far_search(self, odom, pose) -> Optional[str]:
+        """
+        Return the far search's move while the target is not seen, or None.
+
+        Sweep; if nothing was seen, turn back to the start heading, drive ahead, sweep again;
+        then ground truth (None). A target once seen and then lost is turned toward directly.
+        """
+        if self._seen or self._phase == _DONE:
+            return None
+        swept = math.degrees(self._cumulative_yaw)
+        if self._phase in (_SWEEP, _SWEEP_AGAIN) and swept <= _SWEEP_RIGHT_DEG:
+            self._phase = _RETURN if self._phase == _SWEEP else _DONE
+        if self._phase in (_SWEEP, _SWEEP_AGAIN):
+            return self._sweep_move(swept, odom)
+        if self._phase == _RETURN:
+            if swept < -_FACING_DEG:
+                self.last_rule = 'advance'
+                return 'turn_left'
+            self._phase = _ADVANCE
+            self._advance_from = (odom[0], odom[1])
+            self._advance_steps = 0
+        if self._phase == _ADVANCE:
+            driven = math.hypot(odom[0] - self._advance_from[0],
+                                odom[1] - self._advance_from[1])
+            if driven < _ADVANCE_M and self._advance_steps < _ADVANCE_MAX_STEPS:
+                self._advance_steps += 1
+                self.last_rule = 'advance'
+                return self._steer(self._clear_heading(pose, -self._cumulative_yaw,
+                                                       _ADVANCE_M + _GOTO_STOP_DISTANCE))
+            self._phase = _SWEEP_AGAIN
+            return self._sweep_move(swept, odom)
+        self._search_done = True
+        return None
 
     def _clear_heading(self, pose, bearing: float, distance: float) -> float:
         """Return the clear heading (robot frame) closest to `bearing`."""

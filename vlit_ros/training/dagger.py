@@ -39,13 +39,13 @@ class _FrozenObservation:
 class _Slot:
     """One episode in progress in one world."""
 
-    def __init__(self, world: World, spec: EpisodeSpec, episode: int):
+    def __init__(self, world: World, spec: EpisodeSpec, episode: int, far_search: bool = False):
         self.world = world
         self.spec = spec
         self.episode = episode
         world.reset(scene=spec.scene, initial_twist=spec.initial_twist)
         self.judge = EpisodeJudge(spec.instruction.task, spec.scene, world.pose())
-        self.expert = ExpertPolicy()
+        self.expert = ExpertPolicy(far_search=far_search)
         self.expert.reset(spec.instruction.text, task=spec.instruction.task, world=world)
         self.t0 = world.time
         self.step = 0
@@ -66,8 +66,13 @@ class _Slot:
 
 
 def collect(policy: ModelPolicy, specs: Sequence[EpisodeSpec], episode_ids: Sequence[int],
-            beta: float, seed: int, parallel: int = 8, progress: bool = True) -> FrameBuffer:
-    """Roll out `policy` on `specs` and return the expert-labelled frames."""
+            beta: float, seed: int, parallel: int = 8, progress: bool = True,
+            far_search: bool = False) -> FrameBuffer:
+    """
+    Roll out `policy` on `specs` and return the expert-labelled frames.
+
+    `far_search` labels with the expert's far search (`ExpertPolicy(far_search=True)`).
+    """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f'beta must be in [0, 1], got {beta}')
     rng = random.Random(seed)
@@ -80,7 +85,8 @@ def collect(policy: ModelPolicy, specs: Sequence[EpisodeSpec], episode_ids: Sequ
             wave = list(zip(specs[start:start + parallel], episode_ids[start:start + parallel]))
             while len(worlds) < len(wave):
                 worlds.append(World())
-            slots = [_Slot(world, spec, episode) for world, (spec, episode) in zip(worlds, wave)]
+            slots = [_Slot(world, spec, episode, far_search)
+                     for world, (spec, episode) in zip(worlds, wave)]
             _run_wave(policy, slots, beta, rng, buffer)
             bar.update(len(slots))
     finally:

@@ -74,6 +74,8 @@ class GenDataConfig:
     overshoot: float = 0.5
     # first scene seed; must not reach into evaluation seeds
     seed_base: int = TRAINING_SEED_BASE
+    # label goto with the expert's far search (`ExpertPolicy(far_search=True)`)
+    expert_far_search: bool = False
 
     def __post_init__(self):
         for name in ('caption_scenes', 'trajectory_scenes'):
@@ -169,7 +171,8 @@ def trajectory_shard(config: GenDataConfig, shard: int, robot: RobotSpec):
                 instruction = training_instruction(scene, family, rng)
                 spec = make_episode(0, seed, [instruction], robot=robot)
                 record_episode(world, spec, buffer, episode,
-                               NoisyExpertChooser(rng, config.noise, config.overshoot))
+                               NoisyExpertChooser(rng, config.noise, config.overshoot),
+                               far_search=config.expert_far_search)
     arrays = buffer.arrays((robot.image_height, robot.image_width, 3))
     meta = {'kind': 'trajectories', 'records': len(buffer), 'episodes': buffer.episodes}
     return arrays, meta
@@ -213,7 +216,9 @@ def generate(out: Path, config: GenDataConfig, workers: int = 1,
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         previous = read_json(manifest_path)
-        if previous.get('config') != asdict(config):
+        # Settings added since a directory was made read as their defaults.
+        made_with = dict(asdict(GenDataConfig()), **(previous.get('config') or {}))
+        if made_with != asdict(config):
             raise ValueError(f'{out} holds data made with another configuration '
                              f'({previous.get("config")}); use a new --out directory')
     else:
@@ -303,6 +308,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed-base', type=int, default=defaults.seed_base,
                         help=f'first scene seed, >= {TRAINING_SEED_BASE} '
                              f'(default: {defaults.seed_base})')
+    parser.add_argument('--expert-far-search', action='store_true',
+                        help="label goto with the expert's far search: targets beyond what "
+                             'the map finds count as unseen, and an empty sweep is followed by '
+                             'driving ahead and sweeping again')
     parser.add_argument('--workers', type=int, default=1, help='parallel processes')
     parser.add_argument('--visual-genome', default=None, metavar='DIR',
                         help='instead of rendering, convert Visual Genome region descriptions '
@@ -327,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
                 episodes_per_scene=args.episodes_per_scene,
                 scenes_per_shard=args.scenes_per_shard, noise=args.noise,
                 overshoot=args.overshoot,
-                seed_base=args.seed_base)
+                seed_base=args.seed_base, expert_far_search=args.expert_far_search)
             manifest = generate(Path(args.out), config, workers=max(1, args.workers),
                                 progress=not args.quiet)
     except ValueError as exc:

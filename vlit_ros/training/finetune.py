@@ -113,6 +113,8 @@ class DaggerSchedule:
     parallel: int
     # the learner samples its rollout actions from softmax(logits / temperature); 0: greedy
     temperature: float = 0.0
+    # the expert labels with its far search (`ExpertPolicy(far_search=True)`)
+    far_search: bool = False
 
     def round_end(self, bc_steps: int, round_index: int) -> int:
         """Return the global step at which training on round `round_index` ends."""
@@ -520,7 +522,8 @@ def run_rollouts(model: VLITModel, out: Path, round_index: int, schedule: Dagger
         policy = ModelPolicy(model, context.device, **sampling)
         buffer = collect(policy, specs, ids, schedule.beta_of(round_index), seed=seed,
                          parallel=schedule.parallel,
-                         progress=context.is_main and not args.quiet)
+                         progress=context.is_main and not args.quiet,
+                         far_search=schedule.far_search)
         model.train()
         image_shape = specs[0].scene.robot.image_height, specs[0].scene.robot.image_width, 3
         write_shard(stem, buffer.arrays(image_shape),
@@ -599,6 +602,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--dagger-temperature', type=float, default=0.0,
                         help='the learner samples its rollout actions from softmax(logits / '
                              'T), so a round visits more varied states (default: 0, greedy)')
+    parser.add_argument('--expert-far-search', action='store_true',
+                        help="DAgger's expert labels with its far search (as gen-data "
+                             '--expert-far-search; give both the same)')
     parser.add_argument('--eval-episodes', type=int, default=100,
                         help='episodes of the closing evaluation (default: 100; 0: none)')
 
@@ -616,7 +622,8 @@ def _run(args, context: loop.DistributedContext) -> int:
         raise ValueError(f'--dagger-temperature must be 0 or more, got '
                          f'{args.dagger_temperature}')
     schedule = DaggerSchedule(args.dagger_rounds, args.dagger_episodes, args.dagger_steps,
-                              args.dagger_beta, args.dagger_parallel, args.dagger_temperature)
+                              args.dagger_beta, args.dagger_parallel, args.dagger_temperature,
+                              args.expert_far_search)
     model = build_model(args).to(context.device)
     start_action = model.start_action
     # Map memory is recomputed from the model's own map once the map has learnt something:

@@ -75,8 +75,9 @@ class RecordingDriver:
 
     privileged = True
 
-    def __init__(self, buffer: FrameBuffer, episode_index: int, chooser):
-        self.expert = ExpertPolicy()
+    def __init__(self, buffer: FrameBuffer, episode_index: int, chooser,
+                 far_search: bool = False):
+        self.expert = ExpertPolicy(far_search=far_search)
         self._buffer = buffer
         self._episode = episode_index
         self._chooser = chooser
@@ -162,10 +163,15 @@ class NoisyExpertChooser:
 
 
 def record_episode(world: World, spec: EpisodeSpec, buffer: FrameBuffer, episode_index: int,
-                   chooser, extra: Optional[dict] = None) -> EpisodeResult:
-    """Run one episode with a recording driver and append its record to `buffer.episodes`."""
+                   chooser, extra: Optional[dict] = None,
+                   far_search: bool = False) -> EpisodeResult:
+    """
+    Run one episode with a recording driver and append its record to `buffer.episodes`.
+
+    `far_search` labels with the expert's far search (`ExpertPolicy(far_search=True)`).
+    """
     first = len(buffer)
-    driver = RecordingDriver(buffer, episode_index, chooser)
+    driver = RecordingDriver(buffer, episode_index, chooser, far_search=far_search)
     result = run_episode(world, driver, spec)
     buffer.episodes.append(dict({
         'episode': episode_index, 'seed': spec.seed, 'family': spec.family,

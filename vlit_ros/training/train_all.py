@@ -89,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--dagger-temperature', type=float, default=0.0,
                         help='DAgger rollouts sample the learner at this temperature '
                              '(vlit-ros finetune --dagger-temperature; default: 0, greedy)')
+    parser.add_argument('--expert-far-search', action='store_true',
+                        help="gen-data's and DAgger's expert label goto with its far search "
+                             '(gen-data / finetune --expert-far-search)')
     parser.add_argument('--polish-steps', type=int, default=POLISH_STEPS,
                         help='after DAgger: behaviour cloning from its result on the expert '
                              'data plus every DAgger round, at a lower learning rate '
@@ -122,6 +125,7 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                ([] if args.trajectory_scenes is None else
                 ['--trajectory-scenes', str(args.trajectory_scenes)]) +
+               (['--expert-far-search'] if args.expert_far_search else []) +
                (['--quiet'] if args.quiet else []))]
     finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
                      '--text-encoder', args.text_encoder] + common + tuning + \
@@ -142,6 +146,8 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
     finetune_argv += ['--dagger-rounds', str(args.dagger_rounds)]
     if args.dagger_temperature:
         finetune_argv += ['--dagger-temperature', str(args.dagger_temperature)]
+    if args.expert_far_search:
+        finetune_argv += ['--expert-far-search']
     stages.append(('finetune', finetune, finetune_argv))
     polish = args.polish_steps > 0 and args.dagger_rounds != 0
     if polish:
