@@ -3,6 +3,7 @@ Online learning in the shifted world, start to finish (the demonstration of issu
 
     python bench/online_shift.py --out runs/online_shift              # 45 min of learning
     python bench/online_shift.py --out runs/look --minutes 3 --eval-episodes 16   # a look
+    python bench/online_shift.py --out runs/x --trainer-param learning_rate=3e-4   # settings
 
 1. *Before*: evaluates the starting checkpoint on `goto` in the shifted world (camera yawed
    50 degrees, left wheel 55% weaker: `scene.SHIFT_DESCRIPTION`) and in the nominal one,
@@ -26,6 +27,7 @@ follower has to keep up with the simulator, and a loaded CPU makes its decisions
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 import re
@@ -37,6 +39,7 @@ from tqdm import tqdm
 
 from vlit_ros import bringup
 from vlit_ros.evaluation import evaluate
+from vlit_ros.nodes.trainer_node import PARAMETERS as TRAINER_PARAMETERS
 from vlit_ros.policies import load_policy
 from vlit_ros.run import GraphRunner
 from vlit_ros.sim.scene import RobotSpec
@@ -76,11 +79,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--train-fusion', action='store_true',
                         help="the trainer also updates the fusion layers (trainer's "
                              'train_fusion)')
+    parser.add_argument('--trainer-param', action='append', default=[], metavar='NAME=VALUE',
+                        help='a learning setting of the trainer node (repeatable), e.g. '
+                             'learning_rate=3e-4 target_kl=0.1: '
+                             + ', '.join(sorted(TUNABLE)))
     args = parser.parse_args(argv)
     if min(args.minutes, args.speed, args.temperature) <= 0 or args.eval_episodes < 1:
         parser.error('--minutes, --speed and --temperature must be positive, '
                      '--eval-episodes at least 1')
+    try:
+        args.trainer_params = trainer_settings(args.trainer_param)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
+
+
+# Trainer parameters `--trainer-param` may set: the learning settings. What the script
+# decides itself (the checkpoint, the output directory, resuming, the fusion layers through
+# --train-fusion) is not among them.
+TUNABLE = {spec.name: spec for spec in TRAINER_PARAMETERS
+           if spec.name not in ('checkpoint', 'output_dir', 'resume', 'train_fusion', 'device')
+           and isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool)}
+
+
+def trainer_settings(assignments) -> dict:
+    """Parse NAME=VALUE trainer settings, typed and range-checked as the node would."""
+    settings = {}
+    for assignment in assignments:
+        name, sep, text = assignment.partition('=')
+        spec = TUNABLE.get(name.strip())
+        if not sep or spec is None:
+            raise ValueError(f'--trainer-param {assignment!r}: expected NAME=VALUE with NAME '
+                             f'one of {", ".join(sorted(TUNABLE))}')
+        kind = type(spec.default)
+        try:
+            value = float(text) if kind is float else int(text, 10)
+        except ValueError:
+            raise ValueError(f'--trainer-param {name}: {text!r} is not '
+                             f'{"a number" if kind is float else "an integer"}') from None
+        if math.isinf(value) or (spec.minimum is not None and
+                                 not spec.minimum <= value <= spec.maximum):
+            raise ValueError(f'--trainer-param {name}: {value} is outside '
+                             f'[{spec.minimum:g}, {spec.maximum:g}]' if spec.minimum is not None
+                             else f'--trainer-param {name}: {value} is not finite')
+        settings[spec.name] = value
+    return settings
 
 
 def goto_success(checkpoint: str, shifted: bool, episodes: int) -> dict:
@@ -113,7 +156,7 @@ def learning_graph(args, learner_dir: Path) -> bringup.Graph:
         'instruction_follower', temperature=args.temperature,
         experience_images=args.train_fusion)
     return graph.with_parameters('trainer', output_dir=str(learner_dir), resume=False,
-                                 train_fusion=args.train_fusion)
+                                 train_fusion=args.train_fusion, **args.trainer_params)
 
 
 def episode_outcomes(task_log: Path) -> list:
@@ -203,6 +246,7 @@ def main(argv=None) -> int:
         'command': 'python bench/online_shift.py ' + ' '.join(sys.argv[1:] if argv is None
                                                               else argv),
         'checkpoint': args.checkpoint or 'shipped', 'eval_seed': EVAL_SEED,
+        'trainer_settings': dict(args.trainer_params, train_fusion=args.train_fusion),
         'before': before, 'after': after, 'learning': learning,
         'targets': {'shifted_at_least': SHIFTED_TARGET, 'nominal_drop_at_most': NOMINAL_DROP,
                     'shifted_met': shifted_ok, 'nominal_met': nominal_ok},

@@ -33,6 +33,25 @@ def test_the_learning_graph_is_the_shifted_goto_graph_with_a_trainer(demo, tmp_p
     assert fusion.node('instruction_follower').parameters['experience_images'] is True
 
 
+def test_trainer_settings_reach_the_trainer_typed_and_checked(demo, tmp_path):
+    args = demo.parse_args(['--out', str(tmp_path), '--trainer-param', 'learning_rate=3e-4',
+                            '--trainer-param', 'minibatch_size=256'])
+    trainer = demo.learning_graph(args, tmp_path / 'learner').node('trainer').parameters
+    assert trainer['learning_rate'] == 3e-4 and isinstance(trainer['learning_rate'], float)
+    assert trainer['minibatch_size'] == 256 and isinstance(trainer['minibatch_size'], int)
+    assert trainer['output_dir'] == str(tmp_path / 'learner')
+    # Only learning settings, typed and in the node's own ranges, before anything runs.
+    for bad, message in (('output_dir=/tmp/x', 'expected NAME=VALUE'),
+                         ('learning_rate', 'expected NAME=VALUE'),
+                         ('epochs=2.5', 'not an integer'), ('target_kl=abc', 'not a number'),
+                         ('learning_rate=2', 'outside'), ('epochs=0', 'outside'),
+                         ('gamma=inf', 'outside')):
+        with pytest.raises(SystemExit):
+            demo.parse_args(['--out', str(tmp_path), '--trainer-param', bad])
+        with pytest.raises(ValueError, match=message):
+            demo.trainer_settings([bad])
+
+
 def test_episode_outcomes_read_the_task_nodes_lines(demo, tmp_path):
     log = tmp_path / 'task.log'
     assert demo.episode_outcomes(log) == []

@@ -3,6 +3,7 @@
 
 """Training data: captions, gen-data determinism and resumption, held-out phrasings."""
 
+from dataclasses import replace
 import json
 import math
 import os
@@ -243,6 +244,16 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
     assert _files(tmp_path / 'a') == first
     with pytest.raises(ValueError, match='another configuration'):
         generate(tmp_path / 'a', GenDataConfig(caption_scenes=5), progress=False)
+    # A directory made before a setting existed reads that setting as its default ...
+    manifest_path = tmp_path / 'a' / 'manifest.json'
+    old = json.loads(manifest_path.read_text())
+    del old['config']['expert_far_search']
+    manifest_path.write_text(json.dumps(old))
+    generate(tmp_path / 'a', TINY, workers=1, progress=False)
+    assert _files(tmp_path / 'a') == first
+    # ... so it is refused for data labelled another way.
+    with pytest.raises(ValueError, match='another configuration'):
+        generate(tmp_path / 'a', replace(TINY, expert_far_search=True), progress=False)
 
 
 def _children(pid):

@@ -286,6 +286,12 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
                train_all.plan_stages(parser.parse_args(argv + ['--dagger-temperature', '0.5']))}
     assert sampled['finetune'][sampled['finetune'].index('--dagger-temperature') + 1] == '0.5'
     assert '--dagger-temperature' not in sampled['polish']
+    # The far search labels both the expert data and the DAgger rounds, never one alone.
+    assert all('--expert-far-search' not in a for a in stages.values())
+    far = {name: a for name, _, a in
+           train_all.plan_stages(parser.parse_args(argv + ['--expert-far-search']))}
+    assert '--expert-far-search' in far['gen-data'] and '--expert-far-search' in far['finetune']
+    assert '--expert-far-search' not in far['polish']
     # The grounding labels and attribute weights are the same in both stages that train the
     # map; a weight not given is the shipped checkpoint's (finetune's default).
     for name in ('finetune', 'polish'):
