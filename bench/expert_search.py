@@ -15,6 +15,7 @@ has to get right. `--far-search` measures the expert of `--expert-far-search` in
 """
 
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -24,9 +25,15 @@ from vlit_ros.sim.expert import ExpertPolicy
 from vlit_ros.sim.world import World
 
 _TURNS = ('turn_left', 'turn_right')
+# The far search's settings as the expert has them by default.
+_DEFAULTS = inspect.signature(ExpertPolicy).parameters
+DEFAULT_SEE_RANGE_M = _DEFAULTS['see_range_m'].default
+DEFAULT_ADVANCE_M = _DEFAULTS['advance_m'].default
 
 
-def search_statistics(episodes: int, seed: int, far_search: bool = False) -> dict:
+def search_statistics(episodes: int, seed: int, far_search: bool = False,
+                      see_range_m: float = DEFAULT_SEE_RANGE_M,
+                      advance_m: float = DEFAULT_ADVANCE_M) -> dict:
     """Run the expert on `episodes` goto episodes from scene seed `seed`; return the figures."""
     if episodes < 1:
         raise ValueError(f'--episodes must be at least 1, got {episodes}')
@@ -34,7 +41,8 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False) -> dic
     with World() as world:
         for index in range(episodes):
             spec = make_episode(index, seed, families=('goto',))
-            expert = ExpertPolicy(far_search=far_search)
+            expert = ExpertPolicy(far_search=far_search, see_range_m=see_range_m,
+                                  advance_m=advance_m)
             result = run_episode(world, expert, spec)
             turns = [a for a in result.actions if a in _TURNS]
             successes += int(result.success)
@@ -42,7 +50,9 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False) -> dic
             fallbacks += int(expert.search_exhausted)
             lengths.append(len(result.actions))
             flips.append(sum(a != b for a, b in zip(turns, turns[1:])))
-    return {'episodes': episodes, 'seed': seed, 'far_search': far_search, 'success': successes,
+    far = {'see_range_m': see_range_m, 'advance_m': advance_m} if far_search else {}
+    return {'episodes': episodes, 'seed': seed, 'far_search': far_search, **far,
+            'success': successes,
             'ground_truth_fallbacks': fallbacks, 'median_steps': statistics.median(lengths),
             'mean_steps': round(statistics.mean(lengths), 1),
             'turn_direction_changes_per_episode': round(statistics.mean(flips), 2)}
@@ -54,9 +64,16 @@ def main(argv=None) -> int:
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--far-search', action='store_true',
                         help='the far search of gen-data / train-all --expert-far-search')
+    parser.add_argument('--see-range', type=float, default=DEFAULT_SEE_RANGE_M,
+                        help='with --far-search: metres within which the target counts as '
+                             f'seen (default: {DEFAULT_SEE_RANGE_M:g}; inf: any distance)')
+    parser.add_argument('--advance', type=float, default=DEFAULT_ADVANCE_M,
+                        help='with --far-search: metres driven ahead between the two sweeps '
+                             f'(default: {DEFAULT_ADVANCE_M:g})')
     args = parser.parse_args(argv)
     try:
-        figures = search_statistics(args.episodes, args.seed, args.far_search)
+        figures = search_statistics(args.episodes, args.seed, args.far_search,
+                                    args.see_range, args.advance)
     except ValueError as exc:
         print(f'expert_search: error: {exc}', file=sys.stderr)
         return 2

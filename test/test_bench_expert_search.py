@@ -21,3 +21,13 @@ def test_expert_search_rejects_no_episodes(capsys):
     script = load_bench_script('expert_search')
     assert script.main(['--episodes', '0']) == 2
     assert '--episodes must be at least 1' in capsys.readouterr().err
+
+
+def test_expert_search_measures_the_far_search_with_its_settings(capsys):
+    script = load_bench_script('expert_search')
+    figures = script.search_statistics(6, 1, far_search=True, see_range_m=3.0, advance_m=1.0)
+    assert figures['far_search'] and figures['success'] == 6
+    assert (figures['see_range_m'], figures['advance_m']) == (3.0, 1.0)
+    assert 'see_range_m' not in script.search_statistics(1, 1)
+    assert script.main(['--episodes', '1', '--far-search', '--see-range', '0']) == 2
+    assert 'see_range_m must be a positive number' in capsys.readouterr().err

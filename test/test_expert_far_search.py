@@ -73,6 +73,13 @@ def test_a_target_within_range_is_steered_at_at_once():
     assert steps[0][1] == 'in_view' and steps[0][0] in ('forward', 'forward_left')
 
 
-def test_far_search_needs_the_observable_search():
+def test_far_search_needs_the_observable_search_and_positive_distances():
     with pytest.raises(ValueError, match='observable_search'):
         ExpertPolicy(observable_search=False, far_search=True)
+    for bad in (0.0, -1.0, float('nan')):
+        with pytest.raises(ValueError, match='see_range_m must be a positive number'):
+            ExpertPolicy(far_search=True, see_range_m=bad)
+        with pytest.raises(ValueError, match='advance_m must be a positive number'):
+            ExpertPolicy(far_search=True, advance_m=bad)
+    # Any distance: only the drive ahead between two sweeps is left of the far search.
+    assert ExpertPolicy(far_search=True, see_range_m=math.inf).see_range_m == math.inf

@@ -18,10 +18,10 @@ toward directly; it has just been seen. `last_rule` says which rule gave the las
 
 With `far_search` (off by default; `gen-data` / `finetune` / `train-all --expert-far-search`)
 the search also stays within what the learner's map can do: a target farther than
-`_SEE_RANGE_M` counts as out of view until it has once been seen within that range (the map
+`see_range_m` counts as out of view until it has once been seen within that range (the map
 rarely finds a target that far, so steering at it is a label the learner cannot copy), and a
 sweep that found nothing is followed by turning back to the start heading, driving ahead
-`_ADVANCE_M` and sweeping again, instead of turning toward the target by ground truth. Only
+`advance_m` and sweeping again, instead of turning toward the target by ground truth. Only
 after the second sweep does the expert fall back on what it knows.
 """
 
@@ -80,13 +80,20 @@ class ExpertPolicy:
     privileged = True
 
     def __init__(self, action_params: Optional[ActionParams] = None,
-                 observable_search: bool = True, far_search: bool = False):
+                 observable_search: bool = True, far_search: bool = False,
+                 see_range_m: float = _SEE_RANGE_M, advance_m: float = _ADVANCE_M):
         if far_search and not observable_search:
             raise ValueError('far_search is a kind of observable search: it needs '
                              'observable_search=True')
+        for name, value in (('see_range_m', see_range_m), ('advance_m', advance_m)):
+            if not value > 0.0:  # also refuses NaN; inf means "no limit" for the range
+                raise ValueError(f'{name} must be a positive number of metres, got {value!r}')
         self.action_params = action_params or ActionParams()
         self.observable_search = observable_search
         self.far_search = far_search
+        # the far search's range within which the target counts as seen, and its drive ahead
+        self.see_range_m = see_range_m
+        self.advance_m = advance_m
         self._task: Optional[Task] = None
         self._world = None
         self._search_done = False
@@ -153,7 +160,7 @@ class ExpertPolicy:
         self.last_rule = 'ground_truth'
         if self.observable_search:
             if self.target_in_view() and (not self.far_search or self._seen or
-                                          distance <= _SEE_RANGE_M):
+                                          distance <= self.see_range_m):
                 self._seen = True
                 self.last_rule = 'in_view'
             else:
@@ -245,11 +252,11 @@ class ExpertPolicy:
         if self._phase == _ADVANCE:
             driven = math.hypot(odom[0] - self._advance_from[0],
                                 odom[1] - self._advance_from[1])
-            if driven < _ADVANCE_M and self._advance_steps < _ADVANCE_MAX_STEPS:
+            if driven < self.advance_m and self._advance_steps < _ADVANCE_MAX_STEPS:
                 self._advance_steps += 1
                 self.last_rule = 'advance'
                 return self._steer(self._clear_heading(pose, -self._cumulative_yaw,
-                                                       _ADVANCE_M + _GOTO_STOP_DISTANCE))
+                                                       self.advance_m + _GOTO_STOP_DISTANCE))
             self._phase = _SWEEP_AGAIN
             return self._sweep_move(swept, odom)
         self._search_done = True
