@@ -23,7 +23,7 @@ from vlit_ros.sim.scene import COLORS, MAX_OBJECTS, ObjectSpec, Scene, SHAPES
 from vlit_ros.sim.tasks import FAMILIES, GOTO_TEMPLATES, load_instructions, SHAPE_WORDS
 from vlit_ros.sim.world import World
 from vlit_ros.training import captions
-from vlit_ros.training.datagen import GenDataConfig, generate
+from vlit_ros.training.datagen import check_expert_labels, GenDataConfig, generate
 from vlit_ros.training.datasets import (attribute_class, ATTRIBUTE_CLASSES,
                                         concatenate_releasing, grounding_labels,
                                         grounding_queries, IGNORE_LABEL, NO_BOX, object_boxes,
@@ -254,6 +254,11 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
     # ... so it is refused for data labelled another way.
     with pytest.raises(ValueError, match='another configuration'):
         generate(tmp_path / 'a', replace(TINY, expert_far_search=True), progress=False)
+    # DAgger's expert must be the one that labelled the data (directories without a gen-data
+    # manifest, such as pooled DAgger rounds, are not asked).
+    check_expert_labels([tmp_path / 'a', tmp_path], far_search=False)
+    with pytest.raises(ValueError, match='exactly when gen-data had it'):
+        check_expert_labels([tmp_path / 'a'], far_search=True)
 
 
 def _children(pid):

@@ -189,6 +189,26 @@ def _build_shard(out: str, kind: str, shard: int, config: dict) -> Tuple[str, in
     return kind, shard, meta['records']
 
 
+def check_expert_labels(roots, far_search: bool) -> None:
+    """
+    Refuse DAgger labels from another expert than the one that labelled the data.
+
+    `roots` are gen-data directories (others, without a gen-data manifest, are skipped);
+    `far_search` is the DAgger expert's (`finetune --expert-far-search`).
+    """
+    for root in roots:
+        path = Path(root) / MANIFEST
+        config = read_json(path).get('config') if path.is_file() else None
+        if not isinstance(config, dict) or 'trajectory_scenes' not in config:
+            continue
+        made = bool(config.get('expert_far_search', False))
+        if made != far_search:
+            raise ValueError(f'{root} was labelled {"with" if made else "without"} the '
+                             "expert's far search and DAgger would label "
+                             f'{"with" if far_search else "without"} it: give finetune '
+                             '--expert-far-search exactly when gen-data had it')
+
+
 def _exit_with_parent(parent_pid: int, period: float = 1.0) -> None:
     """
     Worker initializer: end this worker when the process that started it is gone.

@@ -75,7 +75,7 @@ from vlit_ros.sim.episode import make_episode, TRAINING_SEED_BASE
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training import loop
-from vlit_ros.training.datagen import FAMILY_PLAN
+from vlit_ros.training.datagen import check_expert_labels, FAMILY_PLAN
 from vlit_ros.training.datasets import (ATTRIBUTE_CLASSES, AUXILIARY_TARGETS, GROUNDING_LABELS,
                                         grounding_labels, IGNORE_LABEL, patch_attribute_labels,
                                         TrajectorySet)
@@ -636,6 +636,8 @@ def _run(args, context: loop.DistributedContext) -> int:
     image_size = (model.config.vision.image_height, model.config.vision.image_width)
     roots = [Path(d) for d in args.data]
     check_paraphrase_share(args.paraphrase)  # before the paraphraser and the data load
+    if schedule.rounds:
+        check_expert_labels(roots, args.expert_far_search)
     paraphraser = GotoParaphraser(tokenizer_words()) if args.paraphrase > 0 else None
 
     def load_data(rounds_done: int) -> FamilyBatches:
