@@ -117,11 +117,11 @@ def trainer_settings(assignments) -> dict:
         except ValueError:
             raise ValueError(f'--trainer-param {name}: {text!r} is not '
                              f'{"a number" if kind is float else "an integer"}') from None
-        if math.isinf(value) or (spec.minimum is not None and
-                                 not spec.minimum <= value <= spec.maximum):
+        if spec.minimum is not None and not spec.minimum <= value <= spec.maximum:
             raise ValueError(f'--trainer-param {name}: {value} is outside '
-                             f'[{spec.minimum:g}, {spec.maximum:g}]' if spec.minimum is not None
-                             else f'--trainer-param {name}: {value} is not finite')
+                             f'[{spec.minimum:g}, {spec.maximum:g}]')
+        if math.isinf(value):
+            raise ValueError(f'--trainer-param {name}: {value} is not finite')
         settings[spec.name] = value
     return settings
 

@@ -255,7 +255,7 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
     with pytest.raises(ValueError, match='another configuration'):
         generate(tmp_path / 'a', replace(TINY, expert_far_search=True), progress=False)
     # DAgger's expert must be the one that labelled the data (directories without a gen-data
-    # manifest, such as pooled DAgger rounds, are not asked).
+    # manifest are not asked).
     check_expert_labels([tmp_path / 'a', tmp_path], far_search=False)
     with pytest.raises(ValueError, match='exactly when gen-data had it'):
         check_expert_labels([tmp_path / 'a'], far_search=True)

@@ -70,8 +70,8 @@ _ADVANCE_MAX_STEPS = 80
 # camera-only learner cannot copy these labels; an expert without `observable_search` always
 # steers by ground truth).
 RULES = ('not_goto', 'at_target', 'in_view', 'sweep', 'advance', 'ground_truth')
-# Phases of the far search.
-_SWEEP, _RETURN, _ADVANCE, _SWEEP_AGAIN, _DONE = range(5)
+# Phases of the far search (after the second sweep, `search_exhausted`).
+_SWEEP, _RETURN, _ADVANCE, _SWEEP_AGAIN = range(4)
 
 
 class ExpertPolicy:
@@ -167,8 +167,6 @@ class ExpertPolicy:
                 search = self._far_search(odom, pose) if self.far_search else \
                     self._search(odom)
                 if search is not None:
-                    if self.last_rule == 'ground_truth':
-                        self.last_rule = 'sweep'
                     return search
         return self._steer(self._clear_heading(pose, math.atan2(ty, tx), distance))
 
@@ -221,9 +219,9 @@ class ExpertPolicy:
             return None  # lost on the way: it was in view a moment ago
         return self._sweep_move(swept, odom)
 
-    @staticmethod
-    def _sweep_move(swept: float, odom) -> str:
+    def _sweep_move(self, swept: float, odom) -> str:
         """Return the sweep's turn: left up to `_SWEEP_LEFT_DEG`, then right."""
+        self.last_rule = 'sweep'
         if odom[4] < -_TURNING_RADPS:
             return 'turn_right'  # the sweep has turned right: go on
         return 'turn_left' if swept < _SWEEP_LEFT_DEG else 'turn_right'
@@ -235,11 +233,14 @@ class ExpertPolicy:
         Sweep; if nothing was seen, turn back to the start heading, drive ahead, sweep again;
         then ground truth (None). A target once seen and then lost is turned toward directly.
         """
-        if self._seen or self._phase == _DONE:
+        if self._seen or self._search_done:
             return None
         swept = math.degrees(self._cumulative_yaw)
-        if self._phase in (_SWEEP, _SWEEP_AGAIN) and swept <= _SWEEP_RIGHT_DEG:
-            self._phase = _RETURN if self._phase == _SWEEP else _DONE
+        if self._phase == _SWEEP_AGAIN and swept <= _SWEEP_RIGHT_DEG:
+            self._search_done = True
+            return None
+        if self._phase == _SWEEP and swept <= _SWEEP_RIGHT_DEG:
+            self._phase = _RETURN
         if self._phase in (_SWEEP, _SWEEP_AGAIN):
             return self._sweep_move(swept, odom)
         if self._phase == _RETURN:
@@ -249,18 +250,15 @@ class ExpertPolicy:
             self._phase = _ADVANCE
             self._advance_from = (odom[0], odom[1])
             self._advance_steps = 0
-        if self._phase == _ADVANCE:
-            driven = math.hypot(odom[0] - self._advance_from[0],
-                                odom[1] - self._advance_from[1])
-            if driven < self.advance_m and self._advance_steps < _ADVANCE_MAX_STEPS:
-                self._advance_steps += 1
-                self.last_rule = 'advance'
-                return self._steer(self._clear_heading(pose, -self._cumulative_yaw,
-                                                       self.advance_m + _GOTO_STOP_DISTANCE))
-            self._phase = _SWEEP_AGAIN
-            return self._sweep_move(swept, odom)
-        self._search_done = True
-        return None
+        # _ADVANCE: ahead along the start heading, clear of objects and walls.
+        driven = math.hypot(odom[0] - self._advance_from[0], odom[1] - self._advance_from[1])
+        if driven < self.advance_m and self._advance_steps < _ADVANCE_MAX_STEPS:
+            self._advance_steps += 1
+            self.last_rule = 'advance'
+            return self._steer(self._clear_heading(pose, -self._cumulative_yaw,
+                                                   self.advance_m + _GOTO_STOP_DISTANCE))
+        self._phase = _SWEEP_AGAIN
+        return self._sweep_move(swept, odom)
 
     def _clear_heading(self, pose, bearing: float, distance: float) -> float:
         """Return the clear heading (robot frame) closest to `bearing`."""
