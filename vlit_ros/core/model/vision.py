@@ -78,22 +78,40 @@ class ImagePreprocessor(nn.Module):
         return (pixels - self.mean) / self.std
 
 
+def stem_strides(patch_size: int) -> Tuple[int, int]:
+    """
+    Return (stride-2 convolutions, last stride) of a convolutional stem for `patch_size`.
+
+    A power of two, 2^(k+1), gives k stride-2 convolutions and a last stride of 2; three times
+    a power of two, 3 * 2^k (24 for 192 x 144 images in an 8 x 6 grid), gives k stride-2
+    convolutions and a last stride of 3.
+    """
+    last = 3 if patch_size % 3 == 0 else 2
+    halvings = (patch_size // last).bit_length() - 1
+    if patch_size < 4 or last * 2 ** halvings != patch_size:
+        raise ValueError('a convolutional stem needs a patch size that is a power of two '
+                         f'(4 or more) or three times one (6 or more), got {patch_size}')
+    return halvings, last
+
+
 def conv_stem(channels: int, patch_size: int, dim: int) -> nn.Sequential:
     """
     Return a convolutional patch embedding: pixels (B, 3, H, W) -> (B, dim, H/p, W/p).
 
-    log2(patch_size) - 1 stride-2 3x3 convolutions (`channels`, doubling each time), each
-    with GroupNorm and GELU, then a 2x2 stride-2 convolution to `dim` (Xiao et al. 2021,
-    "Early convolutions help transformers see better"). No batch statistics, so training and
-    acting compute the same function.
+    Stride-2 3x3 convolutions (`channels`, doubling each time), each with GroupNorm and GELU,
+    then a convolution to `dim` whose kernel is its stride, 2 or 3 (`stem_strides`: three
+    stride-2 layers and a 2x2 one for 16-pixel patches; Xiao et al. 2021, "Early convolutions
+    help transformers see better"). No batch statistics, so training and acting compute the
+    same function.
     """
+    halvings, last = stem_strides(patch_size)
     layers, width = [], 3
-    for index in range(patch_size.bit_length() - 2):
+    for index in range(halvings):
         out = channels * 2 ** index
         layers += [nn.Conv2d(width, out, 3, stride=2, padding=1),
                    nn.GroupNorm(min(8, out), out), nn.GELU()]
         width = out
-    layers.append(nn.Conv2d(width, dim, 2, stride=2))
+    layers.append(nn.Conv2d(width, dim, last, stride=last))
     return nn.Sequential(*layers)
 
 
