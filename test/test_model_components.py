@@ -226,8 +226,8 @@ def test_conv_stem_keeps_the_token_grid_and_round_trips():
     assert ModelConfig.from_dict(data).vision.conv_stem == 0
 
 
-@pytest.mark.parametrize('patch, halvings, last', [(4, 1, 2), (16, 3, 2), (32, 4, 2),
-                                                    (6, 1, 3), (24, 3, 3)])
+@pytest.mark.parametrize('patch, halvings, last',
+                         [(4, 1, 2), (16, 3, 2), (32, 4, 2), (6, 1, 3), (24, 3, 3)])
 def test_conv_stem_strides_cover_the_patch(patch, halvings, last):
     from vlit_ros.core.model.vision import conv_stem, stem_strides
     assert stem_strides(patch) == (halvings, last)
