@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from vlit_ros import bringup
 from vlit_ros.evaluation import evaluate
-from vlit_ros.nodes.trainer_node import PARAMETERS as TRAINER_PARAMETERS
+from vlit_ros.nodes.trainer_node import PARAMETERS as TRAINER_PARAMETERS, TrainerSettings
 from vlit_ros.policies import load_policy
 from vlit_ros.run import GraphRunner
 from vlit_ros.sim.scene import RobotSpec
@@ -123,6 +123,12 @@ def trainer_settings(assignments) -> dict:
         if math.isinf(value):
             raise ValueError(f'--trainer-param {name}: {value} is not finite')
         settings[spec.name] = value
+    # Together, as the node checks them at start-up (max_buffered above rollout_steps, ...).
+    defaults = {spec.name: spec.default for spec in TRAINER_PARAMETERS}
+    try:
+        TrainerSettings(**dict(defaults, **settings)).learner_config()
+    except ValueError as exc:
+        raise ValueError(f'--trainer-param: {exc}') from None
     return settings
 
 

@@ -45,7 +45,7 @@ def test_trainer_settings_reach_the_trainer_typed_and_checked(demo, tmp_path):
                          ('learning_rate', 'expected NAME=VALUE'),
                          ('epochs=2.5', 'not an integer'), ('target_kl=abc', 'not a number'),
                          ('learning_rate=2', 'outside'), ('epochs=0', 'outside'),
-                         ('gamma=inf', 'outside')):
+                         ('gamma=inf', 'outside'), ('rollout_steps=9000', 'max_buffered')):
         with pytest.raises(SystemExit):
             demo.parse_args(['--out', str(tmp_path), '--trainer-param', bad])
         with pytest.raises(ValueError, match=message):

@@ -201,7 +201,7 @@ def check_expert_labels(roots, far_search: bool) -> None:
         config = read_json(path).get('config') if path.is_file() else None
         if not isinstance(config, dict) or 'trajectory_scenes' not in config:
             continue
-        made = bool(config.get('expert_far_search', False))
+        made = bool(config.get('expert_far_search', GenDataConfig.expert_far_search))
         if made != far_search:
             raise ValueError(f'{root} was labelled {"with" if made else "without"} the '
                              "expert's far search and DAgger would label "

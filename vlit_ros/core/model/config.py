@@ -9,7 +9,7 @@ version of the code fails loudly instead of silently picking up new defaults.
 
 from dataclasses import asdict, dataclass, field, fields
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from vlit_ros.core.actions import ACTIONS
 
@@ -44,6 +44,22 @@ def _check_heads(owner: str, dim: int, heads: int, dim_name: str = 'dim') -> Non
 def _check_bool(owner: str, name: str, value) -> None:
     if not isinstance(value, bool):
         raise ValueError(f'{owner}.{name} must be true or false, got {value!r}')
+
+
+def stem_strides(patch_size: int) -> Tuple[int, int]:
+    """
+    Return (stride-2 convolutions, last stride) of a convolutional stem for `patch_size`.
+
+    A power of two, 2^(k+1), gives k stride-2 convolutions and a last stride of 2; three times
+    a power of two, 3 * 2^k (24 for 192 x 144 images in an 8 x 6 grid), gives k stride-2
+    convolutions and a last stride of 3.
+    """
+    last = 3 if patch_size % 3 == 0 else 2
+    halvings = (patch_size // last).bit_length() - 1
+    if patch_size < 4 or last * 2 ** halvings != patch_size:
+        raise ValueError('a convolutional stem needs a patch size that is a power of two '
+                         f'(4 or more) or three times one (6 or more), got {patch_size}')
+    return halvings, last
 
 
 @dataclass
@@ -100,11 +116,11 @@ class VisionConfig:
                 not 0 <= self.conv_stem <= 256:
             raise ValueError(f'{owner}.conv_stem must be an integer in [0, 256], '
                              f'got {self.conv_stem!r}')
-        size = self.patch_size
-        odd = size // (size & -size)
-        if self.conv_stem and (size < 4 or odd not in (1, 3)):
-            raise ValueError(f'{owner}.conv_stem needs a patch_size that is a power of two '
-                             f'(4 or more) or three times one (6 or more); got {size}')
+        if self.conv_stem:
+            try:
+                stem_strides(self.patch_size)
+            except ValueError as exc:
+                raise ValueError(f'{owner}.conv_stem: {exc}') from None
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from vlit_ros.core.model.config import VisionConfig
+from vlit_ros.core.model.config import stem_strides, VisionConfig
 from vlit_ros.core.model.hf import load_pretrained, local_directory
 from vlit_ros.core.model.layers import init_weights, TransformerBlock
 
@@ -76,22 +76,6 @@ class ImagePreprocessor(nn.Module):
             pixels = F.interpolate(pixels, size=self.size, mode='bilinear', align_corners=False,
                                    antialias=True)
         return (pixels - self.mean) / self.std
-
-
-def stem_strides(patch_size: int) -> Tuple[int, int]:
-    """
-    Return (stride-2 convolutions, last stride) of a convolutional stem for `patch_size`.
-
-    A power of two, 2^(k+1), gives k stride-2 convolutions and a last stride of 2; three times
-    a power of two, 3 * 2^k (24 for 192 x 144 images in an 8 x 6 grid), gives k stride-2
-    convolutions and a last stride of 3.
-    """
-    last = 3 if patch_size % 3 == 0 else 2
-    halvings = (patch_size // last).bit_length() - 1
-    if patch_size < 4 or last * 2 ** halvings != patch_size:
-        raise ValueError('a convolutional stem needs a patch size that is a power of two '
-                         f'(4 or more) or three times one (6 or more), got {patch_size}')
-    return halvings, last
 
 
 def conv_stem(channels: int, patch_size: int, dim: int) -> nn.Sequential:
