@@ -33,7 +33,8 @@ DEFAULT_ADVANCE_M = _DEFAULTS['advance_m'].default
 
 def search_statistics(episodes: int, seed: int, far_search: bool = False,
                       see_range_m: float = DEFAULT_SEE_RANGE_M,
-                      advance_m: float = DEFAULT_ADVANCE_M) -> dict:
+                      advance_m: float = DEFAULT_ADVANCE_M,
+                      sweep_by_command: bool = True, reacquire_by_command: bool = True) -> dict:
     """Run the expert on `episodes` goto episodes from scene seed `seed`; return the figures."""
     if episodes < 1:
         raise ValueError(f'--episodes must be at least 1, got {episodes}')
@@ -42,7 +43,8 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False,
         for index in range(episodes):
             spec = make_episode(index, seed, families=('goto',))
             expert = ExpertPolicy(far_search=far_search, see_range_m=see_range_m,
-                                  advance_m=advance_m)
+                                  advance_m=advance_m, sweep_by_command=sweep_by_command,
+                                  reacquire_by_command=reacquire_by_command)
             result = run_episode(world, expert, spec)
             turns = [a for a in result.actions if a in _TURNS]
             successes += int(result.success)
@@ -52,6 +54,8 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False,
             flips.append(sum(a != b for a, b in zip(turns, turns[1:])))
     far = {'see_range_m': see_range_m, 'advance_m': advance_m} if far_search else {}
     return {'episodes': episodes, 'seed': seed, 'far_search': far_search, **far,
+            'sweep_rule': 'command' if sweep_by_command else 'yaw_rate',
+            'reacquire': 'command' if reacquire_by_command else 'ground_truth',
             'success': successes,
             'ground_truth_fallbacks': fallbacks, 'median_steps': statistics.median(lengths),
             'mean_steps': round(statistics.mean(lengths), 1),
@@ -70,10 +74,20 @@ def main(argv=None) -> int:
     parser.add_argument('--advance', type=float, default=DEFAULT_ADVANCE_M,
                         help='with --far-search: metres driven ahead between the two sweeps '
                              f'(default: {DEFAULT_ADVANCE_M:g})')
+    parser.add_argument('--sweep-by-yaw-rate', action='store_true',
+                        help='the sweep keeps turning right while the measured yaw rate turns '
+                             'right (the rule until the twenty-sixth session), not while the '
+                             'last command does')
+    parser.add_argument('--reacquire-by-ground-truth', action='store_true',
+                        help='with the target out of view after the search, turn toward it by '
+                             'ground truth (the rule until the twenty-sixth session), not the '
+                             'way the last command turned')
     args = parser.parse_args(argv)
     try:
         figures = search_statistics(args.episodes, args.seed, args.far_search,
-                                    args.see_range, args.advance)
+                                    args.see_range, args.advance,
+                                    not args.sweep_by_yaw_rate,
+                                    not args.reacquire_by_ground_truth)
     except ValueError as exc:
         print(f'expert_search: error: {exc}', file=sys.stderr)
         return 2

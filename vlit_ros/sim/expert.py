@@ -9,7 +9,8 @@ While the target is outside the camera's view (or hidden behind another object),
 expert that knew where it was would turn straight toward it, a choice the learner cannot
 copy: it only sees the image. So with `observable_search` (the default) the expert searches
 the way a camera-only robot can: it sweeps left until it has turned `_SWEEP_LEFT_DEG`, then
-right, keeps turning the way it is already turning, and only falls back to its privileged
+right, keeps turning right once its last command turned right (`sweep_by_command`; the
+learner reads its previous action), and only falls back to its privileged
 knowledge once the sweep has covered every bearing an object can start at. Every choice
 depends on things the learner has too: the image, the odometry since the instruction and the
 motion so far. A target lost from view while driving (an arc around an obstacle) is turned
@@ -68,8 +69,10 @@ _ADVANCE_MAX_STEPS = 80
 # target in view, the camera-only sweep, the far search's drive ahead between two sweeps, and
 # ground truth with the target out of view (lost on the way, or hidden after the sweep: a
 # camera-only learner cannot copy these labels; an expert without `observable_search` always
-# steers by ground truth).
-RULES = ('not_goto', 'at_target', 'in_view', 'sweep', 'advance', 'ground_truth')
+# steers by ground truth), and the turn on the spot the last command gives with the target
+# out of the camera's cone after the search (`reacquire_by_command`).
+RULES = ('not_goto', 'at_target', 'in_view', 'sweep', 'advance', 'ground_truth', 'reacquire')
+_TURNS_IN_PLACE = ('turn_left', 'turn_right')
 # Phases of the far search (after the second sweep, `search_exhausted`).
 _SWEEP, _RETURN, _ADVANCE, _SWEEP_AGAIN = range(4)
 
@@ -81,7 +84,8 @@ class ExpertPolicy:
 
     def __init__(self, action_params: Optional[ActionParams] = None,
                  observable_search: bool = True, far_search: bool = False,
-                 see_range_m: float = _SEE_RANGE_M, advance_m: float = _ADVANCE_M):
+                 see_range_m: float = _SEE_RANGE_M, advance_m: float = _ADVANCE_M,
+                 sweep_by_command: bool = True, reacquire_by_command: bool = True):
         if far_search and not observable_search:
             raise ValueError('far_search is a kind of observable search: it needs '
                              'observable_search=True')
@@ -94,6 +98,13 @@ class ExpertPolicy:
         # the far search's range within which the target counts as seen, and its drive ahead
         self.see_range_m = see_range_m
         self.advance_m = advance_m
+        # the sweep goes on turning right when the last command turned right (True), or when
+        # the measured yaw rate does (False: the rule until the twenty-sixth session)
+        self.sweep_by_command = sweep_by_command
+        # with the target out of the camera's cone after the search (lost on the way, or the
+        # sweep run out), turn on the spot the way the last command turned (True), or toward
+        # the target by ground truth (False: the rule until the twenty-sixth session)
+        self.reacquire_by_command = reacquire_by_command
         self._task: Optional[Task] = None
         self._world = None
         self._search_done = False
@@ -168,7 +179,24 @@ class ExpertPolicy:
                     self._search(odom)
                 if search is not None:
                     return search
-        return self._steer(self._clear_heading(pose, math.atan2(ty, tx), distance))
+        action = self._steer(self._clear_heading(pose, math.atan2(ty, tx), distance))
+        if self.reacquire_by_command and self.last_rule == 'ground_truth' and \
+                action in _TURNS_IN_PLACE and not self._target_in_cone(pose):
+            # The target is out of the camera's cone (lost on the way, or the sweep has run
+            # out) and ground truth says turn on the spot: which way is what a camera-only
+            # learner cannot see, so keep turning the way the last command turned, and right
+            # after any other command. Arcs around objects still follow ground truth.
+            self.last_rule = 'reacquire'
+            return 'turn_left' if self._world.command[1] > 0.0 else 'turn_right'
+        return action
+
+    def _target_in_cone(self, pose) -> bool:
+        """Return whether the target's centre lies inside the camera's field of view."""
+        robot = self._world.scene.robot
+        target = self._target
+        tx, ty = to_frame((pose[0], pose[1], pose[2] + math.radians(robot.camera_yaw_deg)),
+                          target.x, target.y)
+        return tx > 0.0 and abs(math.degrees(math.atan2(ty, tx))) < robot.camera_hfov_deg / 2.0
 
     @staticmethod
     def _steer(bearing: float) -> str:
@@ -222,7 +250,15 @@ class ExpertPolicy:
     def _sweep_move(self, swept: float, odom) -> str:
         """Return the sweep's turn: left up to `_SWEEP_LEFT_DEG`, then right."""
         self.last_rule = 'sweep'
-        if odom[4] < -_TURNING_RADPS:
+        if self.sweep_by_command:
+            # The previous action turned right: go on. The learner reads its previous action,
+            # so its own states are labelled by what it can see (the yaw rate lags the
+            # command by a step or two, and labelled a learner that had just turned back left
+            # with "right", the opposite of its last action).
+            turning_right = self._world.command[1] < 0.0
+        else:
+            turning_right = odom[4] < -_TURNING_RADPS
+        if turning_right:
             return 'turn_right'  # the sweep has turned right: go on
         return 'turn_left' if swept < _SWEEP_LEFT_DEG else 'turn_right'
 

@@ -174,6 +174,11 @@ class World:
         return (float(qpos[self._qadr[0]]), float(qpos[self._qadr[1]]),
                 wrap_angle(float(qpos[self._qadr[2]])))
 
+    @property
+    def command(self) -> Tuple[float, float]:
+        """Return the (v, w) twist last commanded (what the previous action asked for)."""
+        return self._cmd
+
     def body_velocity(self) -> Tuple[float, float]:
         """Ground-truth forward speed (m/s) and yaw rate (rad/s) in the body frame."""
         qvel = self._data.qvel
