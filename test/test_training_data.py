@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from vlit_ros.sim.episode import TRAINING_SEED_BASE
+from vlit_ros.sim.expert import ExpertRules
 from vlit_ros.sim.scene import COLORS, MAX_OBJECTS, ObjectSpec, Scene, SHAPES
 from vlit_ros.sim.tasks import FAMILIES, GOTO_TEMPLATES, load_instructions, SHAPE_WORDS
 from vlit_ros.sim.world import World
@@ -256,9 +257,19 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
         generate(tmp_path / 'a', replace(TINY, expert_far_search=True), progress=False)
     # DAgger's expert must be the one that labelled the data (directories without a gen-data
     # manifest are not asked).
-    check_expert_labels([tmp_path / 'a', tmp_path], far_search=False)
-    with pytest.raises(ValueError, match='exactly when gen-data had it'):
-        check_expert_labels([tmp_path / 'a'], far_search=True)
+    check_expert_labels([tmp_path / 'a', tmp_path], ExpertRules())
+    with pytest.raises(ValueError, match='exactly when gen-data had them'):
+        check_expert_labels([tmp_path / 'a'], ExpertRules(far_search=True))
+    with pytest.raises(ValueError, match='exactly when gen-data had them'):
+        check_expert_labels([tmp_path / 'a'], ExpertRules(observable_turns=False))
+    # Data made before the observable turns existed were labelled by ground truth.
+    del old['config']['expert_observable_turns']
+    manifest_path.write_text(json.dumps(old))
+    check_expert_labels([tmp_path / 'a'], ExpertRules(observable_turns=False))
+    with pytest.raises(ValueError, match='exactly when gen-data had them'):
+        check_expert_labels([tmp_path / 'a'], ExpertRules())
+    with pytest.raises(ValueError, match='another configuration'):
+        generate(tmp_path / 'a', TINY, progress=False)
 
 
 def _children(pid):

@@ -26,6 +26,7 @@ sweep that found nothing is followed by turning back to the start heading, drivi
 after the second sweep does the expert fall back on what it knows.
 """
 
+from dataclasses import dataclass
 import math
 from typing import Optional
 
@@ -190,13 +191,16 @@ class ExpertPolicy:
             return 'turn_left' if self._world.command[1] > 0.0 else 'turn_right'
         return action
 
-    def _target_in_cone(self, pose) -> bool:
-        """Return whether the target's centre lies inside the camera's field of view."""
-        robot = self._world.scene.robot
-        target = self._target
-        tx, ty = to_frame((pose[0], pose[1], pose[2] + math.radians(robot.camera_yaw_deg)),
-                          target.x, target.y)
-        return tx > 0.0 and abs(math.degrees(math.atan2(ty, tx))) < robot.camera_hfov_deg / 2.0
+    def _target_in_cone(self, pose, margin_deg: float = 0.0) -> bool:
+        """Return whether the target's centre lies `margin_deg` inside the camera's view."""
+        tx, ty = self._in_camera_frame(pose, self._target)
+        return tx > 0.0 and abs(math.degrees(math.atan2(ty, tx))) <= \
+            self._world.scene.robot.camera_hfov_deg / 2.0 - margin_deg
+
+    def _in_camera_frame(self, pose, obj):
+        """Return an object's (x ahead, y left) in the camera's frame at `pose`."""
+        camera_yaw = pose[2] + math.radians(self._world.scene.robot.camera_yaw_deg)
+        return to_frame((pose[0], pose[1], camera_yaw), obj.x, obj.y)
 
     @staticmethod
     def _steer(bearing: float) -> str:
@@ -214,20 +218,16 @@ class ExpertPolicy:
 
     def target_in_view(self) -> bool:
         """Return whether the goto target's centre is in the camera's view, not hidden."""
-        scene = self._world.scene
-        robot = scene.robot
         pose = self._world.pose()
         target = self._target
-        camera_yaw = pose[2] + math.radians(robot.camera_yaw_deg)
-        tx, ty = to_frame((pose[0], pose[1], camera_yaw), target.x, target.y)
-        if tx <= 0.0 or abs(math.degrees(math.atan2(ty, tx))) > \
-                robot.camera_hfov_deg / 2.0 - _VIEW_MARGIN_DEG:
+        if not self._target_in_cone(pose, _VIEW_MARGIN_DEG):
             return False
+        tx, ty = self._in_camera_frame(pose, target)
         distance = math.hypot(tx, ty)
-        for obj in scene.objects:
+        for obj in self._world.scene.objects:
             if obj is target:
                 continue
-            ox, oy = to_frame((pose[0], pose[1], camera_yaw), obj.x, obj.y)
+            ox, oy = self._in_camera_frame(pose, obj)
             along = (ox * tx + oy * ty) / distance
             if 0.0 < along < distance and \
                     abs(ox * ty - oy * tx) / distance < obj.footprint_radius:
@@ -328,3 +328,23 @@ class ExpertPolicy:
         cost = np.abs(np.array([wrap_angle(r - bearing) for r in relative]))
         cost[~ok] = np.inf
         return float(relative[int(np.argmin(cost))])
+
+
+@dataclass(frozen=True)
+class ExpertRules:
+    """
+    Which goto rules the labelling expert follows (gen-data's trajectories, DAgger's labels).
+
+    `far_search`: `ExpertPolicy(far_search=True)`. `observable_turns`: the sweep goes on
+    turning right while the last command turned right, and a target out of the camera's cone
+    after the search is turned back to the way the last command turned
+    (`sweep_by_command`, `reacquire_by_command`); off, both follow the measured yaw rate and
+    ground truth, as every run before the twenty-sixth session did.
+    """
+
+    far_search: bool = False
+    observable_turns: bool = True
+
+    def policy(self) -> ExpertPolicy:
+        return ExpertPolicy(far_search=self.far_search, sweep_by_command=self.observable_turns,
+                            reacquire_by_command=self.observable_turns)

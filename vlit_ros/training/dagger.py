@@ -19,7 +19,7 @@ from vlit_ros.core.actions import ACTION_INDEX
 from vlit_ros.core.geometry import wrap_angle
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.sim.episode import EpisodeSpec, Observation
-from vlit_ros.sim.expert import ExpertPolicy
+from vlit_ros.sim.expert import ExpertRules
 from vlit_ros.sim.tasks import EpisodeJudge, STOPPED_ANGULAR_RADPS, STOPPED_LINEAR_MPS
 from vlit_ros.sim.world import World
 from vlit_ros.training.recording import FrameBuffer
@@ -39,13 +39,13 @@ class _FrozenObservation:
 class _Slot:
     """One episode in progress in one world."""
 
-    def __init__(self, world: World, spec: EpisodeSpec, episode: int, far_search: bool = False):
+    def __init__(self, world: World, spec: EpisodeSpec, episode: int, rules: ExpertRules):
         self.world = world
         self.spec = spec
         self.episode = episode
         world.reset(scene=spec.scene, initial_twist=spec.initial_twist)
         self.judge = EpisodeJudge(spec.instruction.task, spec.scene, world.pose())
-        self.expert = ExpertPolicy(far_search=far_search)
+        self.expert = rules.policy()
         self.expert.reset(spec.instruction.text, task=spec.instruction.task, world=world)
         self.t0 = world.time
         self.step = 0
@@ -67,11 +67,11 @@ class _Slot:
 
 def collect(policy: ModelPolicy, specs: Sequence[EpisodeSpec], episode_ids: Sequence[int],
             beta: float, seed: int, parallel: int = 8, progress: bool = True,
-            far_search: bool = False) -> FrameBuffer:
+            rules: ExpertRules = ExpertRules()) -> FrameBuffer:
     """
     Roll out `policy` on `specs` and return the expert-labelled frames.
 
-    `far_search` labels with the expert's far search (`ExpertPolicy(far_search=True)`).
+    `rules` are the labelling expert's (`ExpertRules`).
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f'beta must be in [0, 1], got {beta}')
@@ -85,7 +85,7 @@ def collect(policy: ModelPolicy, specs: Sequence[EpisodeSpec], episode_ids: Sequ
             wave = list(zip(specs[start:start + parallel], episode_ids[start:start + parallel]))
             while len(worlds) < len(wave):
                 worlds.append(World())
-            slots = [_Slot(world, spec, episode, far_search)
+            slots = [_Slot(world, spec, episode, rules)
                      for world, (spec, episode) in zip(worlds, wave)]
             _run_wave(policy, slots, beta, rng, buffer)
             bar.update(len(slots))

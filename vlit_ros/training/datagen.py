@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from vlit_ros.core.actions import ACTIONS
 from vlit_ros.sim.episode import make_episode, TRAINING_SEED_BASE
-from vlit_ros.sim.expert import ExpertPolicy
+from vlit_ros.sim.expert import ExpertPolicy, ExpertRules
 from vlit_ros.sim.scene import RobotSpec, Scene
 from vlit_ros.sim.tasks import GotoTask
 from vlit_ros.sim.world import World
@@ -76,6 +76,8 @@ class GenDataConfig:
     seed_base: int = TRAINING_SEED_BASE
     # label goto with the expert's far search (`ExpertPolicy(far_search=True)`)
     expert_far_search: bool = False
+    # the expert's turns a camera-only learner can copy (`ExpertRules.observable_turns`)
+    expert_observable_turns: bool = True
 
     def __post_init__(self):
         for name in ('caption_scenes', 'trajectory_scenes'):
@@ -91,6 +93,11 @@ class GenDataConfig:
         if self.seed_base < TRAINING_SEED_BASE:
             raise ValueError(f'seed_base {self.seed_base} reaches into evaluation seeds '
                              f'(training seeds start at {TRAINING_SEED_BASE})')
+
+    @property
+    def expert_rules(self) -> ExpertRules:
+        return ExpertRules(far_search=self.expert_far_search,
+                           observable_turns=self.expert_observable_turns)
 
     def shard_count(self, kind: str) -> int:
         scenes = self.caption_scenes if kind == 'captions' else self.trajectory_scenes
@@ -172,13 +179,15 @@ def trajectory_shard(config: GenDataConfig, shard: int, robot: RobotSpec):
                 spec = make_episode(0, seed, [instruction], robot=robot)
                 record_episode(world, spec, buffer, episode,
                                NoisyExpertChooser(rng, config.noise, config.overshoot),
-                               far_search=config.expert_far_search)
+                               rules=config.expert_rules)
     arrays = buffer.arrays((robot.image_height, robot.image_width, 3))
     meta = {'kind': 'trajectories', 'records': len(buffer), 'episodes': buffer.episodes}
     return arrays, meta
 
 
 _BUILDERS = {'captions': caption_shard, 'trajectories': trajectory_shard}
+# What data were made with before a setting existed, where that is not its default.
+_BEFORE_THE_SETTING = {'expert_observable_turns': False}
 
 
 def _build_shard(out: str, kind: str, shard: int, config: dict) -> Tuple[str, int, int]:
@@ -189,24 +198,36 @@ def _build_shard(out: str, kind: str, shard: int, config: dict) -> Tuple[str, in
     return kind, shard, meta['records']
 
 
-def check_expert_labels(roots, far_search: bool) -> None:
+def made_with(config: dict) -> dict:
+    """
+    Return a manifest's gen-data settings, complete.
+
+    A setting added since the directory was made reads as what data were made with before it
+    existed (`_BEFORE_THE_SETTING`), else as its default.
+    """
+    return {**asdict(GenDataConfig()), **_BEFORE_THE_SETTING, **config}
+
+
+def check_expert_labels(roots, rules: ExpertRules) -> None:
     """
     Refuse DAgger labels from another expert than the one that labelled the data.
 
     `roots` are gen-data directories (others, without a gen-data manifest, are skipped);
-    `far_search` is the DAgger expert's (`finetune --expert-far-search`).
+    `rules` are the DAgger expert's (`finetune --expert-far-search`,
+    `--expert-ground-truth-turns`).
     """
     for root in roots:
         path = Path(root) / MANIFEST
         config = read_json(path).get('config') if path.is_file() else None
         if not isinstance(config, dict) or 'trajectory_scenes' not in config:
             continue
-        made = bool(config.get('expert_far_search', GenDataConfig.expert_far_search))
-        if made != far_search:
-            raise ValueError(f'{root} was labelled {"with" if made else "without"} the '
-                             "expert's far search and DAgger would label "
-                             f'{"with" if far_search else "without"} it: give finetune '
-                             '--expert-far-search exactly when gen-data had it')
+        made = made_with(config)
+        labelled = ExpertRules(far_search=bool(made['expert_far_search']),
+                               observable_turns=bool(made['expert_observable_turns']))
+        if labelled != rules:
+            raise ValueError(f'{root} was labelled by the expert with {labelled} and DAgger '
+                             f'would label with {rules}: give finetune --expert-far-search '
+                             'and --expert-ground-truth-turns exactly when gen-data had them')
 
 
 def _exit_with_parent(parent_pid: int, period: float = 1.0) -> None:
@@ -236,9 +257,7 @@ def generate(out: Path, config: GenDataConfig, workers: int = 1,
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         previous = read_json(manifest_path)
-        # Settings added since a directory was made read as their defaults.
-        made_with = dict(asdict(GenDataConfig()), **(previous.get('config') or {}))
-        if made_with != asdict(config):
+        if made_with(previous.get('config') or {}) != asdict(config):
             raise ValueError(f'{out} holds data made with another configuration '
                              f'({previous.get("config")}); use a new --out directory')
     else:
@@ -332,6 +351,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label goto with the expert's far search: targets beyond what "
                              'the map finds count as unseen, and an empty sweep is followed by '
                              'driving ahead and sweeping again')
+    parser.add_argument('--expert-ground-truth-turns', action='store_true',
+                        help='label goto as runs before the twenty-sixth session did: the '
+                             'sweep follows the measured yaw rate, and a target out of view '
+                             'after the search is turned toward by ground truth (default: the '
+                             'turns follow the last command, which the learner reads)')
     parser.add_argument('--workers', type=int, default=1, help='parallel processes')
     parser.add_argument('--visual-genome', default=None, metavar='DIR',
                         help='instead of rendering, convert Visual Genome region descriptions '
@@ -356,7 +380,8 @@ def run(args: argparse.Namespace) -> int:
                 episodes_per_scene=args.episodes_per_scene,
                 scenes_per_shard=args.scenes_per_shard, noise=args.noise,
                 overshoot=args.overshoot,
-                seed_base=args.seed_base, expert_far_search=args.expert_far_search)
+                seed_base=args.seed_base, expert_far_search=args.expert_far_search,
+                expert_observable_turns=not args.expert_ground_truth_turns)
             manifest = generate(Path(args.out), config, workers=max(1, args.workers),
                                 progress=not args.quiet)
     except ValueError as exc:

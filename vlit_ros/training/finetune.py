@@ -72,6 +72,7 @@ from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.core.task_parameters import (MOVE_DISTANCE_SCALE_M, TASK_PARAMETERS,
                                            TURN_ANGLE_SCALE_RAD)
 from vlit_ros.sim.episode import make_episode, TRAINING_SEED_BASE
+from vlit_ros.sim.expert import ExpertRules
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training import loop
@@ -113,8 +114,8 @@ class DaggerSchedule:
     parallel: int
     # the learner samples its rollout actions from softmax(logits / temperature); 0: greedy
     temperature: float = 0.0
-    # the expert labels with its far search (`ExpertPolicy(far_search=True)`)
-    far_search: bool = False
+    # the labelling expert's rules (far search, observable turns)
+    expert: ExpertRules = ExpertRules()
 
     def round_end(self, bc_steps: int, round_index: int) -> int:
         """Return the global step at which training on round `round_index` ends."""
@@ -523,7 +524,7 @@ def run_rollouts(model: VLITModel, out: Path, round_index: int, schedule: Dagger
         buffer = collect(policy, specs, ids, schedule.beta_of(round_index), seed=seed,
                          parallel=schedule.parallel,
                          progress=context.is_main and not args.quiet,
-                         far_search=schedule.far_search)
+                         rules=schedule.expert)
         model.train()
         image_shape = specs[0].scene.robot.image_height, specs[0].scene.robot.image_width, 3
         write_shard(stem, buffer.arrays(image_shape),
@@ -605,8 +606,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--expert-far-search', action='store_true',
                         help="DAgger's expert labels with its far search (as gen-data "
                              '--expert-far-search; give both the same)')
+    parser.add_argument('--expert-ground-truth-turns', action='store_true',
+                        help="DAgger's expert turns as before the twenty-sixth session, by the "
+                             'measured yaw rate and ground truth (as gen-data '
+                             '--expert-ground-truth-turns; give both the same)')
     parser.add_argument('--eval-episodes', type=int, default=100,
                         help='episodes of the closing evaluation (default: 100; 0: none)')
+
+
+def expert_rules(args: argparse.Namespace) -> ExpertRules:
+    """Return the DAgger expert's rules from finetune's options."""
+    return ExpertRules(far_search=args.expert_far_search,
+                       observable_turns=not args.expert_ground_truth_turns)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -623,7 +634,7 @@ def _run(args, context: loop.DistributedContext) -> int:
                          f'{args.dagger_temperature}')
     schedule = DaggerSchedule(args.dagger_rounds, args.dagger_episodes, args.dagger_steps,
                               args.dagger_beta, args.dagger_parallel, args.dagger_temperature,
-                              args.expert_far_search)
+                              expert_rules(args))
     model = build_model(args).to(context.device)
     start_action = model.start_action
     # Map memory is recomputed from the model's own map once the map has learnt something:
@@ -637,7 +648,7 @@ def _run(args, context: loop.DistributedContext) -> int:
     roots = [Path(d) for d in args.data]
     check_paraphrase_share(args.paraphrase)  # before the paraphraser and the data load
     if schedule.rounds:
-        check_expert_labels(roots, args.expert_far_search)
+        check_expert_labels(roots, schedule.expert)
     paraphraser = GotoParaphraser(tokenizer_words()) if args.paraphrase > 0 else None
 
     def load_data(rounds_done: int) -> FamilyBatches:

@@ -16,7 +16,7 @@ import numpy as np
 from vlit_ros.core.actions import ACTION_INDEX, ACTIONS
 from vlit_ros.core.geometry import wrap_angle
 from vlit_ros.sim.episode import EpisodeResult, EpisodeSpec, run_episode
-from vlit_ros.sim.expert import ExpertPolicy
+from vlit_ros.sim.expert import ExpertRules
 from vlit_ros.sim.world import World
 
 # Per-frame arrays of a trajectory shard and their dtypes.
@@ -76,8 +76,8 @@ class RecordingDriver:
     privileged = True
 
     def __init__(self, buffer: FrameBuffer, episode_index: int, chooser,
-                 far_search: bool = False):
-        self.expert = ExpertPolicy(far_search=far_search)
+                 rules: ExpertRules = ExpertRules()):
+        self.expert = rules.policy()
         self._buffer = buffer
         self._episode = episode_index
         self._chooser = chooser
@@ -164,14 +164,14 @@ class NoisyExpertChooser:
 
 def record_episode(world: World, spec: EpisodeSpec, buffer: FrameBuffer, episode_index: int,
                    chooser, extra: Optional[dict] = None,
-                   far_search: bool = False) -> EpisodeResult:
+                   rules: ExpertRules = ExpertRules()) -> EpisodeResult:
     """
     Run one episode with a recording driver and append its record to `buffer.episodes`.
 
-    `far_search` labels with the expert's far search (`ExpertPolicy(far_search=True)`).
+    `rules` are the labelling expert's (`ExpertRules`).
     """
     first = len(buffer)
-    driver = RecordingDriver(buffer, episode_index, chooser, far_search=far_search)
+    driver = RecordingDriver(buffer, episode_index, chooser, rules=rules)
     result = run_episode(world, driver, spec)
     buffer.episodes.append(dict({
         'episode': episode_index, 'seed': spec.seed, 'family': spec.family,

@@ -92,6 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--expert-far-search', action='store_true',
                         help="gen-data's and DAgger's expert label goto with its far search "
                              '(gen-data / finetune --expert-far-search)')
+    parser.add_argument('--expert-ground-truth-turns', action='store_true',
+                        help="gen-data's and DAgger's expert turn as before the twenty-sixth "
+                             'session, by the yaw rate and ground truth (gen-data / finetune '
+                             '--expert-ground-truth-turns)')
     parser.add_argument('--polish-steps', type=int, default=POLISH_STEPS,
                         help='after DAgger: behaviour cloning from its result on the expert '
                              'data plus every DAgger round, at a lower learning rate '
@@ -122,11 +126,12 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
               '--patch-attributes-weight', str(args.patch_attributes_weight),
               '--text-attributes-weight', str(args.text_attributes_weight),
               '--paraphrase', str(args.paraphrase)]
+    expert_options = (['--expert-far-search'] if args.expert_far_search else []) + \
+        (['--expert-ground-truth-turns'] if args.expert_ground_truth_turns else [])
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                ([] if args.trajectory_scenes is None else
                 ['--trajectory-scenes', str(args.trajectory_scenes)]) +
-               (['--expert-far-search'] if args.expert_far_search else []) +
-               (['--quiet'] if args.quiet else []))]
+               expert_options + (['--quiet'] if args.quiet else []))]
     finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
                      '--text-encoder', args.text_encoder] + common + tuning + \
         (['--no-fusion-state'] if args.no_fusion_state else []) + \
@@ -146,8 +151,7 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
     finetune_argv += ['--dagger-rounds', str(args.dagger_rounds)]
     if args.dagger_temperature:
         finetune_argv += ['--dagger-temperature', str(args.dagger_temperature)]
-    if args.expert_far_search:
-        finetune_argv += ['--expert-far-search']
+    finetune_argv += expert_options
     stages.append(('finetune', finetune, finetune_argv))
     polish = args.polish_steps > 0 and args.dagger_rounds != 0
     if polish:
