@@ -34,7 +34,8 @@ DEFAULT_ADVANCE_M = _DEFAULTS['advance_m'].default
 def search_statistics(episodes: int, seed: int, far_search: bool = False,
                       see_range_m: float = DEFAULT_SEE_RANGE_M,
                       advance_m: float = DEFAULT_ADVANCE_M,
-                      sweep_by_command: bool = True, reacquire_by_command: bool = True) -> dict:
+                      sweep_by_command: bool = False,
+                      reacquire_by_command: bool = False) -> dict:
     """Run the expert on `episodes` goto episodes from scene seed `seed`; return the figures."""
     if episodes < 1:
         raise ValueError(f'--episodes must be at least 1, got {episodes}')
@@ -74,20 +75,17 @@ def main(argv=None) -> int:
     parser.add_argument('--advance', type=float, default=DEFAULT_ADVANCE_M,
                         help='with --far-search: metres driven ahead between the two sweeps '
                              f'(default: {DEFAULT_ADVANCE_M:g})')
-    parser.add_argument('--sweep-by-yaw-rate', action='store_true',
-                        help='the sweep keeps turning right while the measured yaw rate turns '
-                             'right (the rule until the twenty-sixth session), not while the '
-                             'last command does')
-    parser.add_argument('--reacquire-by-ground-truth', action='store_true',
-                        help='with the target out of view after the search, turn toward it by '
-                             'ground truth (the rule until the twenty-sixth session), not the '
-                             'way the last command turned')
+    parser.add_argument('--sweep-by-command', action='store_true',
+                        help='the sweep keeps turning right while the last command turns '
+                             'right, not while the measured yaw rate does')
+    parser.add_argument('--reacquire-by-command', action='store_true',
+                        help='with the target out of view after the search, turn the way the '
+                             'last command turned, not toward it by ground truth')
     args = parser.parse_args(argv)
     try:
         figures = search_statistics(args.episodes, args.seed, args.far_search,
                                     args.see_range, args.advance,
-                                    not args.sweep_by_yaw_rate,
-                                    not args.reacquire_by_ground_truth)
+                                    args.sweep_by_command, args.reacquire_by_command)
     except ValueError as exc:
         print(f'expert_search: error: {exc}', file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ The grounding map by target distance: how far away does it still find the named 
 
     python bench/grounding_by_distance.py --data runs/data --frames 3000
     python bench/grounding_by_distance.py --data runs/data --checkpoint runs/x/polish
+    python bench/grounding_by_distance.py --data runs/data --zoom-map   # + a 2x centre zoom
 
 Draws goto frames of the expert trajectories in a gen-data directory (seeded), runs the
 checkpoint's grounding map on each with its instruction, and reports per distance band of
@@ -13,7 +14,8 @@ the target: how often the map's highest probability on a patch the target touche
 more ("found"), its median there, and how often a patch the target does not touch is at 0.5
 or more ("false alarm"); then the false alarms on frames without the target in view. The
 goto diagnostics (`goto_diagnostics.py`) judge whole rollouts; this tells whether a failure
-to go for a far target starts in the map.
+to go for a far target starts in the map. `--zoom-map` scores the map merged with a 2x
+zoom of the image centre, as `vlit-ros eval --zoom-map` acts on it (`core.model.zoom`).
 """
 
 import argparse
@@ -27,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from vlit_ros.core.model import VLITModel
+from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits
 from vlit_ros.policies import load_grounding_model
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training.datasets import AUXILIARY_TARGETS, grounding_labels, TrajectorySet
@@ -38,16 +41,20 @@ BATCH = 100
 
 
 def map_probabilities(model: VLITModel, data: TrajectorySet, rows: np.ndarray,
-                      progress: bool = True) -> np.ndarray:
+                      progress: bool = True, zoom_map: bool = False) -> np.ndarray:
     """Return the grounding map's probabilities (frames, patches) of rows of `data`."""
     out = []
     with torch.no_grad():
         for start in tqdm(range(0, len(rows), BATCH), desc='frames', unit='batch',
                           disable=not progress, dynamic_ncols=True):
             batch = rows[start:start + BATCH]
-            logits = model.vlm.grounding_logits(
-                torch.from_numpy(data.arrays['image'][batch]),
-                [data.texts[i] for i in data.text_index[batch]])
+            images = torch.from_numpy(data.arrays['image'][batch])
+            texts = [data.texts[i] for i in data.text_index[batch]]
+            logits = model.vlm.grounding_logits(images, texts)
+            if zoom_map:
+                logits = merge_zoom_logits(
+                    logits, model.vlm.grounding_logits(centre_zoom(images), texts),
+                    model.vlm.vision.grid, tuple(images.shape[1:3]))
             out.append(torch.sigmoid(logits.float()).numpy())
     return np.concatenate(out)
 
@@ -102,6 +109,8 @@ def main(argv=None) -> int:
                         help='goto frames drawn (default: 3000)')
     parser.add_argument('--seed', type=int, default=0, help='frame draw seed (default: 0)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default: 1)')
+    parser.add_argument('--zoom-map', action='store_true',
+                        help='merge the map with that of a 2x zoom of the image centre')
     parser.add_argument('--json', default=None, metavar='OUT.json')
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
@@ -122,14 +131,15 @@ def main(argv=None) -> int:
         return 2
     rng = np.random.default_rng(args.seed)
     rows = np.sort(rng.choice(goto, min(args.frames, len(goto)), replace=False))
-    probabilities = map_probabilities(model, data, rows, not args.quiet)
+    probabilities = map_probabilities(model, data, rows, not args.quiet, args.zoom_map)
     visible = AUXILIARY_TARGETS.index('goto_visible')
     log_distance = AUXILIARY_TARGETS.index('goto_log_distance')
     distances = np.where(data.auxiliary[rows, visible] > 0.5,
                          np.exp(data.auxiliary[rows, log_distance]), np.nan)
     summary = by_distance(probabilities, data.target_box[rows], distances,
                           model.vlm.vision.grid)
-    summary.update({'checkpoint': str(checkpoint), 'data': args.data, 'seed': args.seed})
+    summary.update({'checkpoint': str(checkpoint), 'data': args.data, 'seed': args.seed,
+                    'zoom_map': args.zoom_map})
     print(format_table(summary, f'grounding map of {checkpoint} on {len(rows)} goto frames of '
                                 f'{args.data}'))
     if args.json:

@@ -31,3 +31,12 @@ def test_expert_search_measures_the_far_search_with_its_settings(capsys):
     assert 'see_range_m' not in script.search_statistics(1, 1)
     assert script.main(['--episodes', '1', '--far-search', '--see-range', '0']) == 2
     assert 'see_range_m must be a positive number' in capsys.readouterr().err
+
+
+def test_expert_search_names_the_turn_rules_it_measured(capsys):
+    script = load_bench_script('expert_search')
+    figures = script.search_statistics(4, 1)
+    assert (figures['sweep_rule'], figures['reacquire']) == ('yaw_rate', 'ground_truth')
+    assert script.main(['--episodes', '4', '--sweep-by-command', '--reacquire-by-command']) == 0
+    printed = capsys.readouterr().out
+    assert '"sweep_rule": "command"' in printed and '"reacquire": "command"' in printed

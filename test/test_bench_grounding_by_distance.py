@@ -63,6 +63,16 @@ def test_runs_on_generated_data_with_the_shipped_checkpoint(bench, tmp_path, cap
         if band['frames']:
             assert 0.0 <= band['found'] <= 1.0 and 0.0 <= band['median_on_target'] <= 1.0
     assert 'found (map >= 0.5 on it)' in capsys.readouterr().out
+    # The zoomed map is the full map or higher on the same frames: it finds at least as much.
+    zoomed = tmp_path / 'zoom.json'
+    assert bench.main(['--data', str(data), '--frames', '40', '--checkpoint', str(SHIPPED),
+                       '--json', str(zoomed), '--quiet', '--zoom-map']) == 0
+    zoom = json.loads(zoomed.read_text())
+    assert zoom['zoom_map'] and not summary['zoom_map']
+    for plain_band, zoom_band in zip(summary['bands'], zoom['bands']):
+        if plain_band['frames']:
+            assert zoom_band['found'] >= plain_band['found']
+            assert zoom_band['median_on_target'] >= plain_band['median_on_target']
 
 
 def test_a_pretraining_checkpoint_is_refused(bench, tmp_path, capsys):

@@ -38,11 +38,11 @@ def test_the_sweep_goes_on_the_way_the_last_command_turned():
     # yaw-rate rule labels this state "right", the opposite of the learner's last action,
     # which is all the learner can see of its motion.
     actions = ['turn_right'] * 6 + ['turn_left']
-    assert _drive(-2.0, 0.0, actions) == ('turn_left', 'sweep')
-    assert _drive(-2.0, 0.0, actions, sweep_by_command=False) == ('turn_right', 'sweep')
+    assert _drive(-2.0, 0.0, actions, sweep_by_command=True) == ('turn_left', 'sweep')
+    assert _drive(-2.0, 0.0, actions) == ('turn_right', 'sweep')
     # Still turning right: go on.
-    assert _drive(-2.0, 0.0, ['turn_right'] * 6) == ('turn_right', 'sweep')
-    assert _drive(-2.0, 0.0, ['turn_right'] * 6, sweep_by_command=False) == \
+    assert _drive(-2.0, 0.0, ['turn_right'] * 6, sweep_by_command=True) == ('turn_right', 'sweep')
+    assert _drive(-2.0, 0.0, ['turn_right'] * 6) == \
         ('turn_right', 'sweep')
 
 
@@ -55,18 +55,19 @@ def test_a_target_lost_on_the_way_is_turned_back_to_the_way_the_last_command_tur
     # Drive 0.6 m toward a cube 2.5 m ahead, then turn left until it has left the camera's
     # 90 degrees: ground truth says turn right; the learner cannot see which way it is.
     actions = ['forward'] * 15 + ['turn_left'] * 14 + [last]
-    assert _drive(2.5, 0.0, actions) == (label, 'reacquire')
-    assert _drive(2.5, 0.0, actions, reacquire_by_command=False) == \
+    assert _drive(2.5, 0.0, actions, reacquire_by_command=True) == (label, 'reacquire')
+    assert _drive(2.5, 0.0, actions) == \
         ('turn_right', 'ground_truth')
     assert set(RULES) >= {'reacquire', 'ground_truth'}
 
 
 def test_expert_rules_build_the_expert_they_name():
+    # The default is the expert the shipped checkpoint was trained with.
     default = ExpertRules().policy()
-    assert default.sweep_by_command and default.reacquire_by_command and not default.far_search
-    old = ExpertRules(far_search=True, observable_turns=False).policy()
-    assert old.far_search and not old.sweep_by_command and not old.reacquire_by_command
-    assert ExpertRules() != ExpertRules(observable_turns=False)
+    assert not (default.sweep_by_command or default.reacquire_by_command or default.far_search)
+    turns = ExpertRules(far_search=True, observable_turns=True).policy()
+    assert turns.far_search and turns.sweep_by_command and turns.reacquire_by_command
+    assert ExpertRules() != ExpertRules(observable_turns=True)
 
 
 def test_the_expert_with_observable_turns_still_solves_goto():
@@ -74,5 +75,6 @@ def test_the_expert_with_observable_turns_still_solves_goto():
     with World() as world:
         for index in range(12):
             spec = make_episode(index, 7, families=('goto',))
-            solved += run_episode(world, ExpertPolicy(), spec).success
+            expert = ExpertPolicy(sweep_by_command=True, reacquire_by_command=True)
+            solved += run_episode(world, expert, spec).success
     assert solved == 12

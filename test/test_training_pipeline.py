@@ -292,12 +292,12 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
            train_all.plan_stages(parser.parse_args(argv + ['--expert-far-search']))}
     assert '--expert-far-search' in far['gen-data'] and '--expert-far-search' in far['finetune']
     assert '--expert-far-search' not in far['polish']
-    # So do the ground-truth turns of the runs before the twenty-sixth session.
-    assert all('--expert-ground-truth-turns' not in a for a in stages.values())
-    old = {name: a for name, _, a in
-           train_all.plan_stages(parser.parse_args(argv + ['--expert-ground-truth-turns']))}
-    assert all('--expert-ground-truth-turns' in old[name] for name in ('gen-data', 'finetune'))
-    assert '--expert-ground-truth-turns' not in old['polish']
+    # So do the observable turns.
+    assert all('--expert-observable-turns' not in a for a in stages.values())
+    turns = {name: a for name, _, a in
+             train_all.plan_stages(parser.parse_args(argv + ['--expert-observable-turns']))}
+    assert all('--expert-observable-turns' in turns[name] for name in ('gen-data', 'finetune'))
+    assert '--expert-observable-turns' not in turns['polish']
     # The grounding labels and attribute weights are the same in both stages that train the
     # map; a weight not given is the shipped checkpoint's (finetune's default).
     for name in ('finetune', 'polish'):

@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '(default: greedy)')
     parser.add_argument('--sample-seed', type=int, default=0,
                         help='seed of the action sampling with --temperature (default: 0)')
+    parser.add_argument('--zoom-map', action='store_true',
+                        help='--policy model: merge the grounding map with a 2x zoom of the '
+                             'image centre (twice the vision work; not what the checkpoint '
+                             'was trained with; docs/TRAINING.md, twenty-sixth session)')
     parser.add_argument('--batch', type=int, default=16,
                         help='episodes run in lockstep with one batched forward pass a step, '
                              'for --policy model (default: 16; 1: one at a time)')
@@ -209,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         families = parse_families(args.families)
         policy = load_policy(args.policy, checkpoint=args.checkpoint, device=args.device,
                              seed=args.seed, temperature=args.temperature,
-                             sample_seed=args.sample_seed)
+                             sample_seed=args.sample_seed, zoom_map=args.zoom_map)
     except ValueError as exc:
         print(f'vlit-ros eval: error: {exc}', file=sys.stderr)
         return 2
@@ -224,12 +228,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     summary.update({'policy': args.policy, 'checkpoint': args.checkpoint,
                     'instructions': args.instructions, 'world': args.world,
-                    'temperature': args.temperature,
+                    'temperature': args.temperature, 'zoom_map': args.zoom_map,
                     'sample_seed': None if args.temperature is None else args.sample_seed})
     title = (f'policy={args.policy} episodes={args.episodes} seed={args.seed} '
              f'world={args.world}')
     if args.temperature is not None:
         title += f' temperature={args.temperature:g} sample-seed={args.sample_seed}'
+    if args.zoom_map:
+        title += ' zoom-map'
     print(format_table(summary, title))
     print(f'wall {summary["wall_time_s"]:.1f} s, simulated {summary["sim_time_s"]:.1f} s, '
           f'real-time factor {summary["real_time_factor"]:.1f}x')

@@ -88,15 +88,18 @@ def load_grounding_model(checkpoint: Optional[str] = None):
 
 def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu',
                 seed: Optional[int] = None, temperature: Optional[float] = None,
-                sample_seed: Optional[int] = None):
+                sample_seed: Optional[int] = None, zoom_map: bool = False):
     """
     Return a policy object for a `--policy` value.
 
     `temperature` makes the model policy sample (seeded by `sample_seed`) instead of acting
-    greedily; it is an error for any other policy.
+    greedily; it is an error for any other policy, and so is `zoom_map` (the model's
+    grounding map merged with a 2x zoom of the image centre).
     """
     if temperature is not None and spec != 'model':
         raise ValueError(f'a temperature applies to the model policy only, not {spec!r}')
+    if zoom_map and spec != 'model':
+        raise ValueError(f'the zoomed map applies to the model policy only, not {spec!r}')
     if spec == 'expert':
         from vlit_ros.sim.expert import ExpertPolicy
         return ExpertPolicy()
@@ -107,7 +110,7 @@ def load_policy(spec: str, checkpoint: Optional[str] = None, device: str = 'cpu'
         sampling = {} if temperature is None else \
             {'greedy': False, 'temperature': temperature, 'seed': sample_seed}
         return ModelPolicy.from_checkpoint(checkpoint or default_checkpoint(), device=device,
-                                           **sampling)
+                                           zoom_map=zoom_map, **sampling)
     if ':' in spec:
         return load_plugin(spec)
     raise ValueError(f'unknown policy {spec!r}; use one of {", ".join(BUILTIN_POLICIES)} '

@@ -58,20 +58,24 @@ class ModelPolicy:
     def __init__(self, model: VLITModel, device: Union[str, torch.device] = 'cpu', *,
                  greedy: bool = True, temperature: float = 1.0, seed: Optional[int] = None,
                  precision: str = 'auto', compile_model: bool = False,
-                 cuda_graph: bool = False, version: Optional[str] = None):
+                 cuda_graph: bool = False, version: Optional[str] = None,
+                 zoom_map: bool = False):
         """
         Wrap `model` on `device`.
 
         `greedy=False` samples from softmax(logits / temperature) with a generator seeded by
         `seed`. `precision`, `compile_model` and `cuda_graph` are `FrameRunner`'s (CUDA
         only for the last two). `version` names the weights (default: 'untracked').
+        `zoom_map` merges the grounding map with a 2x zoom of the image centre
+        (`VLITModel.zoomed_frame_forward`; an evaluation option, not what the checkpoint
+        was trained with).
         """
         if not isinstance(model, VLITModel):
             raise TypeError(f'ModelPolicy needs a VLITModel, got {type(model).__name__}')
         if not (math.isfinite(temperature) and temperature > 0.0):
             raise ValueError(f'temperature must be a positive number, got {temperature!r}')
         self.model = model.to(device).eval()
-        self.runner = FrameRunner(self.model, precision, compile_model, cuda_graph)
+        self.runner = FrameRunner(self.model, precision, compile_model, cuda_graph, zoom_map)
         executor = self.model.config.executor
         self._bearings = patch_bearings(self.model.vlm.vision.grid, executor.camera_hfov_deg) \
             if self.model.executor.memory else None

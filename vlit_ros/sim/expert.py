@@ -9,8 +9,7 @@ While the target is outside the camera's view (or hidden behind another object),
 expert that knew where it was would turn straight toward it, a choice the learner cannot
 copy: it only sees the image. So with `observable_search` (the default) the expert searches
 the way a camera-only robot can: it sweeps left until it has turned `_SWEEP_LEFT_DEG`, then
-right, keeps turning right once its last command turned right (`sweep_by_command`; the
-learner reads its previous action), and only falls back to its privileged
+right, keeps turning the way it is already turning, and only falls back to its privileged
 knowledge once the sweep has covered every bearing an object can start at. Every choice
 depends on things the learner has too: the image, the odometry since the instruction and the
 motion so far. A target lost from view while driving (an arc around an obstacle) is turned
@@ -24,6 +23,13 @@ rarely finds a target that far, so steering at it is a label the learner cannot 
 sweep that found nothing is followed by turning back to the start heading, driving ahead
 `advance_m` and sweeping again, instead of turning toward the target by ground truth. Only
 after the second sweep does the expert fall back on what it knows.
+
+Two turns of the default expert follow what the learner does not read: the sweep goes on
+turning right while the measured yaw rate turns right (it lags the command), and a target out
+of view after the search is turned toward by ground truth. `sweep_by_command` and
+`reacquire_by_command` (off by default; `ExpertRules.observable_turns`, gen-data / finetune /
+train-all --expert-observable-turns) make both follow the last command instead, which the
+learner reads as its previous action.
 """
 
 from dataclasses import dataclass
@@ -86,7 +92,7 @@ class ExpertPolicy:
     def __init__(self, action_params: Optional[ActionParams] = None,
                  observable_search: bool = True, far_search: bool = False,
                  see_range_m: float = _SEE_RANGE_M, advance_m: float = _ADVANCE_M,
-                 sweep_by_command: bool = True, reacquire_by_command: bool = True):
+                 sweep_by_command: bool = False, reacquire_by_command: bool = False):
         if far_search and not observable_search:
             raise ValueError('far_search is a kind of observable search: it needs '
                              'observable_search=True')
@@ -100,11 +106,11 @@ class ExpertPolicy:
         self.see_range_m = see_range_m
         self.advance_m = advance_m
         # the sweep goes on turning right when the last command turned right (True), or when
-        # the measured yaw rate does (False: the rule until the twenty-sixth session)
+        # the measured yaw rate does (False, the default: as the shipped checkpoint's labels)
         self.sweep_by_command = sweep_by_command
         # with the target out of the camera's cone after the search (lost on the way, or the
         # sweep run out), turn on the spot the way the last command turned (True), or toward
-        # the target by ground truth (False: the rule until the twenty-sixth session)
+        # the target by ground truth (False, the default: as the shipped checkpoint's labels)
         self.reacquire_by_command = reacquire_by_command
         self._task: Optional[Task] = None
         self._world = None
@@ -335,15 +341,16 @@ class ExpertRules:
     """
     Which goto rules the labelling expert follows (gen-data's trajectories, DAgger's labels).
 
-    `far_search`: `ExpertPolicy(far_search=True)`. `observable_turns`: the sweep goes on
-    turning right while the last command turned right, and a target out of the camera's cone
-    after the search is turned back to the way the last command turned
-    (`sweep_by_command`, `reacquire_by_command`); off, both follow the measured yaw rate and
-    ground truth, as every run before the twenty-sixth session did.
+    `far_search`: `ExpertPolicy(far_search=True)`. `observable_turns` (off by default, as the
+    shipped checkpoint was trained; tried in the twenty-sixth session, docs/TRAINING.md): the
+    sweep goes on turning right while the last command turned right, not while the measured
+    yaw rate does, and a target out of the camera's cone after the search is turned back to
+    the way the last command turned, not by ground truth (`sweep_by_command`,
+    `reacquire_by_command`).
     """
 
     far_search: bool = False
-    observable_turns: bool = True
+    observable_turns: bool = False
 
     def policy(self) -> ExpertPolicy:
         return ExpertPolicy(far_search=self.far_search, sweep_by_command=self.observable_turns,

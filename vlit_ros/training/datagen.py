@@ -77,7 +77,7 @@ class GenDataConfig:
     # label goto with the expert's far search (`ExpertPolicy(far_search=True)`)
     expert_far_search: bool = False
     # the expert's turns a camera-only learner can copy (`ExpertRules.observable_turns`)
-    expert_observable_turns: bool = True
+    expert_observable_turns: bool = False
 
     def __post_init__(self):
         for name in ('caption_scenes', 'trajectory_scenes'):
@@ -186,8 +186,6 @@ def trajectory_shard(config: GenDataConfig, shard: int, robot: RobotSpec):
 
 
 _BUILDERS = {'captions': caption_shard, 'trajectories': trajectory_shard}
-# What data were made with before a setting existed, where that is not its default.
-_BEFORE_THE_SETTING = {'expert_observable_turns': False}
 
 
 def _build_shard(out: str, kind: str, shard: int, config: dict) -> Tuple[str, int, int]:
@@ -199,13 +197,8 @@ def _build_shard(out: str, kind: str, shard: int, config: dict) -> Tuple[str, in
 
 
 def made_with(config: dict) -> dict:
-    """
-    Return a manifest's gen-data settings, complete.
-
-    A setting added since the directory was made reads as what data were made with before it
-    existed (`_BEFORE_THE_SETTING`), else as its default.
-    """
-    return {**asdict(GenDataConfig()), **_BEFORE_THE_SETTING, **config}
+    """Return a manifest's gen-data settings; one added since the data were made: its default."""
+    return {**asdict(GenDataConfig()), **config}
 
 
 def check_expert_labels(roots, rules: ExpertRules) -> None:
@@ -214,7 +207,7 @@ def check_expert_labels(roots, rules: ExpertRules) -> None:
 
     `roots` are gen-data directories (others, without a gen-data manifest, are skipped);
     `rules` are the DAgger expert's (`finetune --expert-far-search`,
-    `--expert-ground-truth-turns`).
+    `--expert-observable-turns`).
     """
     for root in roots:
         path = Path(root) / MANIFEST
@@ -227,7 +220,7 @@ def check_expert_labels(roots, rules: ExpertRules) -> None:
         if labelled != rules:
             raise ValueError(f'{root} was labelled by the expert with {labelled} and DAgger '
                              f'would label with {rules}: give finetune --expert-far-search '
-                             'and --expert-ground-truth-turns exactly when gen-data had them')
+                             'and --expert-observable-turns exactly when gen-data had them')
 
 
 def _exit_with_parent(parent_pid: int, period: float = 1.0) -> None:
@@ -351,11 +344,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label goto with the expert's far search: targets beyond what "
                              'the map finds count as unseen, and an empty sweep is followed by '
                              'driving ahead and sweeping again')
-    parser.add_argument('--expert-ground-truth-turns', action='store_true',
-                        help='label goto as runs before the twenty-sixth session did: the '
-                             'sweep follows the measured yaw rate, and a target out of view '
-                             'after the search is turned toward by ground truth (default: the '
-                             'turns follow the last command, which the learner reads)')
+    parser.add_argument('--expert-observable-turns', action='store_true',
+                        help="the expert's sweep and its turn back to a target out of view "
+                             'after the search follow the last command, which the learner '
+                             'reads, not the measured yaw rate and ground truth')
     parser.add_argument('--workers', type=int, default=1, help='parallel processes')
     parser.add_argument('--visual-genome', default=None, metavar='DIR',
                         help='instead of rendering, convert Visual Genome region descriptions '
@@ -381,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
                 scenes_per_shard=args.scenes_per_shard, noise=args.noise,
                 overshoot=args.overshoot,
                 seed_base=args.seed_base, expert_far_search=args.expert_far_search,
-                expert_observable_turns=not args.expert_ground_truth_turns)
+                expert_observable_turns=args.expert_observable_turns)
             manifest = generate(Path(args.out), config, workers=max(1, args.workers),
                                 progress=not args.quiet)
     except ValueError as exc:

@@ -606,10 +606,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--expert-far-search', action='store_true',
                         help="DAgger's expert labels with its far search (as gen-data "
                              '--expert-far-search; give both the same)')
-    parser.add_argument('--expert-ground-truth-turns', action='store_true',
-                        help="DAgger's expert turns as before the twenty-sixth session, by the "
-                             'measured yaw rate and ground truth (as gen-data '
-                             '--expert-ground-truth-turns; give both the same)')
+    parser.add_argument('--expert-observable-turns', action='store_true',
+                        help="DAgger's expert turns the way the last command turned (as "
+                             'gen-data --expert-observable-turns; give both the same)')
     parser.add_argument('--eval-episodes', type=int, default=100,
                         help='episodes of the closing evaluation (default: 100; 0: none)')
 
@@ -617,7 +616,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def expert_rules(args: argparse.Namespace) -> ExpertRules:
     """Return the DAgger expert's rules from finetune's options."""
     return ExpertRules(far_search=args.expert_far_search,
-                       observable_turns=not args.expert_ground_truth_turns)
+                       observable_turns=args.expert_observable_turns)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -92,10 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--expert-far-search', action='store_true',
                         help="gen-data's and DAgger's expert label goto with its far search "
                              '(gen-data / finetune --expert-far-search)')
-    parser.add_argument('--expert-ground-truth-turns', action='store_true',
-                        help="gen-data's and DAgger's expert turn as before the twenty-sixth "
-                             'session, by the yaw rate and ground truth (gen-data / finetune '
-                             '--expert-ground-truth-turns)')
+    parser.add_argument('--expert-observable-turns', action='store_true',
+                        help="gen-data's and DAgger's expert sweep and turn back to a target "
+                             'out of view the way the last command turned (gen-data / '
+                             'finetune --expert-observable-turns)')
     parser.add_argument('--polish-steps', type=int, default=POLISH_STEPS,
                         help='after DAgger: behaviour cloning from its result on the expert '
                              'data plus every DAgger round, at a lower learning rate '
@@ -127,7 +127,7 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
               '--text-attributes-weight', str(args.text_attributes_weight),
               '--paraphrase', str(args.paraphrase)]
     expert_options = (['--expert-far-search'] if args.expert_far_search else []) + \
-        (['--expert-ground-truth-turns'] if args.expert_ground_truth_turns else [])
+        (['--expert-observable-turns'] if args.expert_observable_turns else [])
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                ([] if args.trajectory_scenes is None else
                 ['--trajectory-scenes', str(args.trajectory_scenes)]) +

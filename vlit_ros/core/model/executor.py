@@ -42,11 +42,13 @@ import torch.nn.functional as F
 
 from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
 from vlit_ros.core.model.config import ExecutorConfig, ModelConfig
-from vlit_ros.core.model.fusion import task_parameters_of, VisionLanguageModel
+from vlit_ros.core.model.fusion import (GROUNDING_SUMMARY, task_parameters_of,
+                                        VisionLanguageModel)
 from vlit_ros.core.model.layers import init_weights
 from vlit_ros.core.model.memory import MEMORY_FEATURES
 from vlit_ros.core.model.text import TextFeatures
 from vlit_ros.core.model.vision import as_image_batch
+from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits
 from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
 
 ODOMETRY_FEATURES = 8
@@ -211,6 +213,34 @@ class VLITModel(nn.Module):
         grounding = torch.sigmoid(details.grounding) if details.grounding is not None \
             else details.state.new_zeros((details.state.shape[0], 0))
         return self.executor(details.state, odometry, prev_action)[0], grounding
+
+    def zoomed_frame_forward(self, images: torch.Tensor, text: TextFeatures,
+                             odometry: torch.Tensor, prev_action: torch.Tensor
+                             ) -> Tuple[ExecutorOutput, torch.Tensor]:
+        """
+        `frame_forward` with the grounding map merged with a 2x zoom of the image centre.
+
+        The zoom (`core.model.zoom`) is scored by the same encoder and grounding head, and
+        the merged map replaces the map and its summary in the fused state; the rest of the
+        state comes from the full image. Twice the vision work per frame.
+        """
+        fusion = self.vlm.fusion
+        if fusion.grounding is None:
+            raise ValueError('the zoomed map needs a grounding head (fusion.grounding_dim)')
+        details = self.vlm.fuse_details(self.vlm.image_tokens(self.vlm.preprocess(images)),
+                                        text)
+        zoom_tokens = self.vlm.image_tokens(self.vlm.preprocess(centre_zoom(images)))
+        logits = merge_zoom_logits(details.grounding,
+                                   fusion.grounding_logits(zoom_tokens, text),
+                                   self.vlm.vision.grid, tuple(images.shape[1:3]))
+        end = details.state.shape[1] - (details.task_parameters.shape[1]
+                                        if details.task_parameters is not None else 0)
+        start = end - logits.shape[1] - GROUNDING_SUMMARY
+        state = torch.cat([details.state[:, :start],
+                           *[part.to(details.state.dtype)
+                             for part in fusion.grounding_features(logits)],
+                           details.state[:, end:]], -1)
+        return self.executor(state, odometry, prev_action)[0], torch.sigmoid(logits)
 
     def batch_text(self, batch: Mapping[str, Any]) -> TextFeatures:
         """Encode a batch's instructions, each distinct text once (through the cache)."""

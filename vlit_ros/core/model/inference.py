@@ -29,7 +29,7 @@ class FrameRunner:
     """The per-frame model on its device: inputs -> probabilities, values, grounding maps."""
 
     def __init__(self, model: VLITModel, precision: str = 'auto', compile_model: bool = False,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, zoom_map: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, '
                              f'got {precision!r}')
@@ -47,8 +47,10 @@ class FrameRunner:
         self.precision = precision
         self.compiled = compile_model
         self.cuda_graph = cuda_graph
-        self._frame = torch.compile(model.frame_forward, dynamic=False) if compile_model \
-            else model.frame_forward
+        # zoom_map: the grounding map merged with a 2x zoom of the image centre
+        frame = model.zoomed_frame_forward if zoom_map else model.frame_forward
+        self.zoom_map = zoom_map
+        self._frame = torch.compile(frame, dynamic=False) if compile_model else frame
         self._graphs: Dict[Tuple, Tuple] = {}
         self._pool = None
 

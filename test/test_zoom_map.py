@@ -1,0 +1,81 @@
+# Copyright 2026 vlit_ros developers
+# Licensed under the Apache License, Version 2.0.
+
+"""The zoomed map: a 2x zoom of the image centre, scored and merged into the grounding map."""
+
+import numpy as np
+import pytest
+from tiny_models import tiny_config
+import torch
+from vlit_ros.core.model import VLITModel
+from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits, zoom_cells
+from vlit_ros.core.policy import ModelPolicy
+from vlit_ros.policies import load_policy
+from vlit_ros.sim.episode import Observation
+
+
+def test_the_zoom_is_the_centre_half_upsampled():
+    images = torch.zeros((1, 96, 128, 3), dtype=torch.uint8)
+    images[0, 44:52, 60:68] = 200  # an 8-pixel square at the centre ...
+    zoomed = centre_zoom(images)
+    assert zoomed.shape == images.shape and zoomed.dtype == torch.uint8
+    lit = torch.nonzero(zoomed[0, :, :, 0] > 100)
+    # ... is 16 pixels wide in the zoom, still at the centre.
+    assert lit[:, 0].min() == 40 and lit[:, 0].max() == 55
+    assert lit[:, 1].min() == 56 and lit[:, 1].max() == 71
+    with pytest.raises(ValueError, match='leaves an image'):
+        centre_zoom(images, top=60)
+
+
+def test_zoomed_patches_fall_in_the_full_patches_of_the_centre():
+    cells = zoom_cells((6, 8), (96, 128)).view(6, 8)
+    # Rows 24-72 and columns 32-96 of the image: full rows 1-4, full columns 2-5.
+    assert cells[0, 0] == 1 * 8 + 2 and cells[5, 7] == 4 * 8 + 5
+    assert set(cells.flatten().tolist()) == {r * 8 + c for r in range(1, 5) for c in range(2, 6)}
+    # Each inner full patch holds four zoomed ones; the top and bottom rows two.
+    counts = np.bincount(cells.flatten().numpy(), minlength=48).reshape(6, 8)
+    assert (counts[2:4, 2:6] == 4).all() and (counts[[1, 4], 2:6] == 2).all()
+
+
+def test_the_merged_map_keeps_the_higher_logit_of_each_patch():
+    full = torch.full((2, 48), -3.0)
+    full[0, 0] = 2.0
+    zoom = torch.full((2, 48), -5.0)
+    zoom[1, 0] = 4.0  # top-left zoomed patch -> full patch (1, 2)
+    merged = merge_zoom_logits(full, zoom, (6, 8), (96, 128))
+    assert merged[0, 0] == 2.0 and (merged[0, 1:] == -3.0).all()
+    assert merged[1, 1 * 8 + 2] == 4.0 and (merged[1].sum() == -3.0 * 47 + 4.0)
+    assert (full[1] == -3.0).all(), 'the full map is not changed in place'
+
+
+def test_the_zoomed_policy_acts_and_its_map_is_at_least_the_full_one():
+    torch.manual_seed(0)
+    model = VLITModel(tiny_config('builtin')).eval()
+    images = torch.randint(0, 255, (2, 96, 128, 3), dtype=torch.uint8)
+    text = model.vlm.encode_instructions(['go to the red cube', 'find the ball'])
+    odometry = torch.zeros((2, model.executor.odometry_width))
+    previous = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        plain, plain_map = model.frame_forward(images, text, odometry, previous)
+        zoomed, zoomed_map = model.zoomed_frame_forward(images, text, odometry, previous)
+    assert zoomed.logits.shape == plain.logits.shape
+    assert (zoomed_map >= plain_map - 1e-6).all() and (zoomed_map > plain_map + 1e-6).any()
+    # Outside the centre the map is the full image's.
+    outside = torch.ones(48, dtype=torch.bool)
+    outside[zoom_cells((6, 8), (96, 128))] = False
+    torch.testing.assert_close(zoomed_map[:, outside], plain_map[:, outside])
+    policy = ModelPolicy(model, zoom_map=True)
+    assert policy.runner.zoom_map
+    policy.reset('go to the red cube')
+
+    class _World:
+        def render(self):
+            return images[0].numpy()
+
+    obs = Observation(_World(), (0.0, 0.0, 0.0, 0.0, 0.0), 0.0)
+    assert isinstance(policy.act(obs), str)
+
+
+def test_only_the_model_policy_takes_the_zoomed_map():
+    with pytest.raises(ValueError, match='model policy only'):
+        load_policy('expert', zoom_map=True)
