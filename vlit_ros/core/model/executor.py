@@ -42,8 +42,7 @@ import torch.nn.functional as F
 
 from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
 from vlit_ros.core.model.config import ExecutorConfig, ModelConfig
-from vlit_ros.core.model.fusion import (GROUNDING_SUMMARY, task_parameters_of,
-                                        VisionLanguageModel)
+from vlit_ros.core.model.fusion import task_parameters_of, VisionLanguageModel
 from vlit_ros.core.model.layers import init_weights
 from vlit_ros.core.model.memory import MEMORY_FEATURES
 from vlit_ros.core.model.text import TextFeatures
@@ -230,17 +229,11 @@ class VLITModel(nn.Module):
         details = self.vlm.fuse_details(self.vlm.image_tokens(self.vlm.preprocess(images)),
                                         text)
         zoom_tokens = self.vlm.image_tokens(self.vlm.preprocess(centre_zoom(images)))
-        logits = merge_zoom_logits(details.grounding,
-                                   fusion.grounding_logits(zoom_tokens, text),
-                                   self.vlm.vision.grid, tuple(images.shape[1:3]))
-        end = details.state.shape[1] - (details.task_parameters.shape[1]
-                                        if details.task_parameters is not None else 0)
-        start = end - logits.shape[1] - GROUNDING_SUMMARY
-        state = torch.cat([details.state[:, :start],
-                           *[part.to(details.state.dtype)
-                             for part in fusion.grounding_features(logits)],
-                           details.state[:, end:]], -1)
-        return self.executor(state, odometry, prev_action)[0], torch.sigmoid(logits)
+        details = fusion.with_grounding(details, merge_zoom_logits(
+            details.grounding, fusion.grounding_logits(zoom_tokens, text),
+            self.vlm.vision.grid, tuple(images.shape[1:3])))
+        return self.executor(details.state, odometry, prev_action)[0], \
+            torch.sigmoid(details.grounding)
 
     def batch_text(self, batch: Mapping[str, Any]) -> TextFeatures:
         """Encode a batch's instructions, each distinct text once (through the cache)."""

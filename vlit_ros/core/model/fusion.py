@@ -183,6 +183,24 @@ class CrossModalFusion(nn.Module):
             parts.append(parameters.to(state.dtype))
         return FusionOutput(torch.cat(parts, -1), logits, parameters, patches)
 
+    def with_grounding(self, fused: FusionOutput, logits: torch.Tensor) -> FusionOutput:
+        """
+        Return `fused` with another grounding map (logits (B, patches)) in place of its own.
+
+        The map's probabilities and summary in the state are recomputed from `logits`; the
+        rest of the state (query output, sentence, task parameters) is kept.
+        """
+        if self.grounding is None:
+            raise ValueError('this model has no grounding head (fusion.grounding_dim is 0)')
+        state = fused.state
+        # The state starts with the query output (dim) and the sentence (text_dim).
+        start = self.sentence_in.out_features + self.sentence_in.in_features
+        end = start + logits.shape[-1] + GROUNDING_SUMMARY
+        parts = [state[:, :start],
+                 *[part.to(state.dtype) for part in self.grounding_features(logits)],
+                 state[:, end:]]
+        return fused._replace(state=torch.cat(parts, -1), grounding=logits)
+
     def grounding_logits(self, image_tokens: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """
         Return the grounding logits (B, patches) alone, as `fuse` computes them.

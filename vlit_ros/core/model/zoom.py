@@ -12,6 +12,7 @@ those of the zoomed patches inside it.
     merged = merge_zoom_logits(full, zoom_logits, grid, (H, W))
 """
 
+from functools import lru_cache
 from typing import Optional, Tuple
 
 import torch
@@ -41,9 +42,15 @@ def centre_zoom(images: torch.Tensor, top: Optional[int] = None) -> torch.Tensor
     return up.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+@lru_cache(maxsize=8)
 def zoom_cells(grid: Tuple[int, int], size: Tuple[int, int],
                top: Optional[int] = None) -> torch.Tensor:
-    """Return, for each zoomed patch (row-major), the index of the full patch it lies in."""
+    """
+    Return, for each zoomed patch (row-major), the index of the full patch it lies in.
+
+    Cached (one grid and image size per model, and it runs every frame): do not modify the
+    returned tensor.
+    """
     rows, cols = grid
     height, width = size
     top = _top(height, top)
