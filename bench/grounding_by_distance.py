@@ -29,7 +29,6 @@ import torch
 from tqdm import tqdm
 
 from vlit_ros.core.model import VLITModel
-from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits
 from vlit_ros.policies import load_grounding_model
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training.datasets import AUXILIARY_TARGETS, grounding_labels, TrajectorySet
@@ -50,11 +49,7 @@ def map_probabilities(model: VLITModel, data: TrajectorySet, rows: np.ndarray,
             batch = rows[start:start + BATCH]
             images = torch.from_numpy(data.arrays['image'][batch])
             texts = [data.texts[i] for i in data.text_index[batch]]
-            logits = model.vlm.grounding_logits(images, texts)
-            if zoom_map:
-                logits = merge_zoom_logits(
-                    logits, model.vlm.grounding_logits(centre_zoom(images), texts),
-                    model.vlm.vision.grid, tuple(images.shape[1:3]))
+            logits = model.vlm.grounding_logits(images, texts, zoom=zoom_map)
             out.append(torch.sigmoid(logits.float()).numpy())
     return np.concatenate(out)
 

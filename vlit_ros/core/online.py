@@ -709,11 +709,17 @@ def _state_batch(transitions: Sequence[Transition], device: torch.device):
 
 
 def _fusion_inputs(model: VLITModel, images: torch.Tensor, instructions: Sequence[str]):
-    """Return the fusion's inputs (projected image tokens, encoded text), without gradients."""
+    """
+    Return the fusion's inputs, without gradients: (image tokens, encoded text, zoom tokens).
+
+    The zoom tokens are those of the images' centre zoom for a model with the zoomed map
+    (`FusionConfig.zoom_map`), else None.
+    """
     with torch.no_grad():
-        pixels = model.vlm.preprocess(as_image_batch(images, model.device))
-        return model.vlm.image_tokens(pixels), \
-            model.vlm.encode_instructions(list(instructions))
+        images = as_image_batch(images, model.device)
+        zoom = model.vlm.zoom_tokens(images) if model.vlm.fusion.zoom_map else None
+        return model.vlm.image_tokens(model.vlm.preprocess(images)), \
+            model.vlm.encode_instructions(list(instructions)), zoom
 
 
 @torch.no_grad()
@@ -723,8 +729,7 @@ def _log_policy(executor, fusion, model: VLITModel, transitions: Sequence[Transi
     fused, odometry, prev, temperature = _state_batch(transitions, model.device)
     if fusion is not None:
         images = torch.from_numpy(np.stack([t.image for t in transitions]))
-        tokens, text = _fusion_inputs(model, images, [t.instruction for t in transitions])
-        fused = fusion(tokens, text)
+        fused = fusion(*_fusion_inputs(model, images, [t.instruction for t in transitions]))
     logits = executor(fused, odometry, prev)[0].logits.float()
     return F.log_softmax(logits / temperature.unsqueeze(1), dim=-1)
 
@@ -1244,11 +1249,11 @@ class OnlineLearner:
         prev = rollout.prev_action[rows.cpu()].to(device)
         temperature = rollout.temperature[rows.cpu()].to(device).unsqueeze(1)
         if self.config.train_fusion:
-            tokens, text = _fusion_inputs(self.model, rollout.images[rows.cpu()],
-                                          [rollout.instructions[i] for i in rows.tolist()])
-            fused = self.model.vlm.fusion(tokens, text)
+            inputs = _fusion_inputs(self.model, rollout.images[rows.cpu()],
+                                    [rollout.instructions[i] for i in rows.tolist()])
+            fused = self.model.vlm.fusion(*inputs)
             with torch.no_grad():
-                reference_fused = self.reference_fusion(tokens, text)
+                reference_fused = self.reference_fusion(*inputs)
         else:
             fused = rollout.fused[rows.cpu()].to(device)
             reference_fused = fused

@@ -67,8 +67,8 @@ class ModelPolicy:
         `seed`. `precision`, `compile_model` and `cuda_graph` are `FrameRunner`'s (CUDA
         only for the last two). `version` names the weights (default: 'untracked').
         `zoom_map` merges the grounding map with a 2x zoom of the image centre
-        (`VLITModel.zoomed_frame_forward`; an evaluation option, not what the checkpoint
-        was trained with).
+        (`VLITModel.zoomed_frame_forward`) for a checkpoint trained without it; one trained
+        with it (`fusion.zoom_map`) always does.
         """
         if not isinstance(model, VLITModel):
             raise TypeError(f'ModelPolicy needs a VLITModel, got {type(model).__name__}')

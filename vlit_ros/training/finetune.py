@@ -42,7 +42,11 @@ What makes this learnable in a CPU budget:
   after that (each DAgger round, a run that starts from a trained policy), the current
   model's grounding map is run over every frame and each frame's memory recomputed from
   the maps of the earlier frames of its episode (`refresh_map_memory`). Before the first
-  refresh the memory reads zeros and its weights stay at zero.
+  refresh the memory reads zeros and its weights stay at zero;
+- with `--zoom-map` (`FusionConfig.zoom_map`, `core.model.zoom`) the grounding map the
+  executor reads, in training, DAgger's rollouts and every later use of the checkpoint, is
+  merged with the map of a 2x zoom of the image centre, so far targets near the heading
+  show on it; the grounding losses stay on the full images' map.
 
 The run is a sequence of stages (cloning, then per round: rollouts, training), each ending
 with a checkpoint, so an interrupted run resumes where it stopped; the rollouts of a round
@@ -130,8 +134,9 @@ def build_model(args) -> VLITModel:
     """
     Build the VLITModel from a pretrained checkpoint (`--init`) or from a preset.
 
-    `--no-fusion-state` and `--map-memory` configure a new executor; an `--init` VLITModel
-    keeps its own (the options may repeat what it is, not change it).
+    `--no-fusion-state`, `--map-memory` and `--zoom-map` configure a new executor and what it
+    reads; an `--init` VLITModel keeps its own (the options may repeat what it is, not change
+    it).
     """
     reads_state = not args.no_fusion_state
     if args.init:
@@ -141,8 +146,11 @@ def build_model(args) -> VLITModel:
             raise ValueError(f'--conv-stem configures a new model; {args.init} has '
                              f'conv_stem {pretrained.config.vision.conv_stem}')
         if isinstance(pretrained, PretrainingModel):
-            return VLITModel(_with_executor_input(pretrained.config, reads_state,
-                                                  args.map_memory), vlm=pretrained.vlm)
+            config = _with_executor_input(pretrained.config, reads_state, args.map_memory,
+                                          args.zoom_map)
+            # The zoom adds no weights: the pretrained fusion reads it as configured.
+            pretrained.vlm.fusion.zoom_map = config.fusion.zoom_map
+            return VLITModel(config, vlm=pretrained.vlm)
         if not reads_state and pretrained.config.executor.fusion_state:
             raise ValueError(f'--no-fusion-state configures a new executor, but {args.init} '
                              f'already has one that reads the fusion state; leave the option '
@@ -151,16 +159,22 @@ def build_model(args) -> VLITModel:
             raise ValueError(f'--map-memory configures a new executor, but {args.init} '
                              f'already has one without map memory; leave the option out to '
                              f'continue it, or start from a pretraining checkpoint')
+        if args.zoom_map and not pretrained.config.fusion.zoom_map:
+            raise ValueError(f'--zoom-map configures a new model, but {args.init} was trained '
+                             f'without the zoomed map; leave the option out to continue it, '
+                             f'or start from a pretraining checkpoint')
         return pretrained
     return VLITModel(_with_executor_input(
         model_config(args.preset, args.text_encoder, args.conv_stem), reads_state,
-        args.map_memory))
+        args.map_memory, args.zoom_map))
 
 
-def _with_executor_input(config: ModelConfig, fusion_state: bool,
-                         map_memory: bool) -> ModelConfig:
-    return dataclasses.replace(config, executor=dataclasses.replace(
-        config.executor, fusion_state=fusion_state, map_memory=map_memory))
+def _with_executor_input(config: ModelConfig, fusion_state: bool, map_memory: bool,
+                         zoom_map: bool) -> ModelConfig:
+    return dataclasses.replace(
+        config, executor=dataclasses.replace(config.executor, fusion_state=fusion_state,
+                                             map_memory=map_memory),
+        fusion=dataclasses.replace(config.fusion, zoom_map=zoom_map))
 
 
 class FamilyBatches:
@@ -345,14 +359,16 @@ def imitation_losses(model: VLITModel, heads: Optional[AuxiliaryHeads], batch: d
 
     The forward pass is `VLITModel.forward` spelled out, so that the fused state and the
     patch tokens also feed the training-only heads (`AuxiliaryHeads`), and the grounding
-    logits and task parameters their losses.
+    logits and task parameters their losses. With the zoomed map (`fusion.zoom_map`) the
+    executor reads the merged map, and the grounding losses score the full images' map.
     """
     device = model.device
     vlm = model.vlm
     images = as_image_batch(batch['image'], device)
-    details = vlm.fuse_details(vlm.image_tokens(vlm.preprocess(images)),
-                               model.batch_text(batch))
-    fused = details.state
+    text = model.batch_text(batch)
+    details = vlm.fuse_details(vlm.image_tokens(vlm.preprocess(images)), text)
+    fused = vlm.fusion.with_zoom(details, vlm.zoom_tokens(images), text).state \
+        if vlm.fusion.zoom_map else details.state
     targets = torch.as_tensor(batch['action'], device=device)
     output, action_loss = model.executor(
         fused, model.batch_odometry(batch),
@@ -568,6 +584,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the new executor also reads where the model's own grounding map "
                              'was strongest on earlier frames, carried forward by odometry '
                              '(core.model.memory)')
+    parser.add_argument('--zoom-map', action='store_true',
+                        help='the new model merges its grounding map with the map of a 2x zoom '
+                             'of the image centre, so far targets show on it (twice the vision '
+                             'work per frame; core.model.zoom)')
     loop.add_common_arguments(parser, steps=3000, batch_size=64, lr=1e-3)
     parser.add_argument('--warmup', type=int, default=100, help='warm-up steps (default: 100)')
     parser.add_argument('--change-weight', type=float, default=5.0,

@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--map-memory', action='store_true',
                         help='the executor also reads where its own grounding map was '
                              'strongest on earlier frames (vlit-ros finetune --map-memory)')
+    parser.add_argument('--zoom-map', action='store_true',
+                        help='the grounding map is merged with that of a 2x zoom of the image '
+                             'centre (vlit-ros finetune --zoom-map)')
     parser.add_argument('--pretrain-steps', type=int, default=PRETRAIN_STEPS,
                         help=f'pretraining steps (default: {PRETRAIN_STEPS})')
     parser.add_argument('--finetune-steps', type=int, default=None,
@@ -135,7 +138,8 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
     finetune_argv = ['--data', str(data), '--out', str(out / 'finetune'),
                      '--text-encoder', args.text_encoder] + common + tuning + \
         (['--no-fusion-state'] if args.no_fusion_state else []) + \
-        (['--map-memory'] if args.map_memory else [])
+        (['--map-memory'] if args.map_memory else []) + \
+        (['--zoom-map'] if args.zoom_map else [])
     if not args.no_pretrain:
         pretrain_argv = ['--data', str(data), '--out', str(out / 'pretrain'),
                          '--text-encoder', args.text_encoder] + common

@@ -195,6 +195,10 @@ class FusionConfig:
     # read those two numbers from the instruction's token features (attention pooling with
     # the sentence embedding as query) rather than from the sentence embedding alone
     task_tokens: bool = True
+    # merge the grounding map with the map of a 2x zoom of the image centre (each patch keeps
+    # the higher logit; `core.model.zoom`): far targets near the heading are found far more
+    # often, at twice the vision work per frame; the zoom pass carries no gradient
+    zoom_map: bool = False
 
     def __post_init__(self):
         owner = 'FusionConfig'
@@ -213,6 +217,9 @@ class FusionConfig:
                              f'got {self.grounding_dim!r}')
         _check_bool(owner, 'task_parameters', self.task_parameters)
         _check_bool(owner, 'task_tokens', self.task_tokens)
+        _check_bool(owner, 'zoom_map', self.zoom_map)
+        if self.zoom_map and not self.grounding_dim:
+            raise ValueError(f'{owner}.zoom_map needs a grounding map (grounding_dim > 0)')
 
 
 @dataclass
@@ -300,7 +307,7 @@ _SECTIONS = {'vision': VisionConfig, 'text': TextConfig, 'fusion': FusionConfig,
 # existed does not have it; it then takes the value that builds the model that file describes.
 _ADDED_FIELDS = {'vision': {'conv_stem': 0},
                  'fusion': {'grounding_dim': 0, 'task_parameters': False,
-                            'task_tokens': False},
+                            'task_tokens': False, 'zoom_map': False},
                  'executor': {'progress_features': False, 'fusion_state': True,
                               'map_memory': False, 'memory_decay_s': 8.0,
                               'camera_hfov_deg': 90.0}}

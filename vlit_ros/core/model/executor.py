@@ -47,7 +47,6 @@ from vlit_ros.core.model.layers import init_weights
 from vlit_ros.core.model.memory import MEMORY_FEATURES
 from vlit_ros.core.model.text import TextFeatures
 from vlit_ros.core.model.vision import as_image_batch
-from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits
 from vlit_ros.core.task_parameters import MOVE_DISTANCE_SCALE_M, TURN_ANGLE_SCALE_RAD
 
 ODOMETRY_FEATURES = 8
@@ -207,8 +206,7 @@ class VLITModel(nn.Module):
         Returns the executor's output and the grounding map's probabilities (B, patches),
         (B, 0) without a grounding head, which the map memory reads.
         """
-        pixels = self.vlm.preprocess(images)
-        details = self.vlm.fuse_details(self.vlm.image_tokens(pixels), text)
+        details = self.vlm.fuse_images(images, text)
         grounding = torch.sigmoid(details.grounding) if details.grounding is not None \
             else details.state.new_zeros((details.state.shape[0], 0))
         return self.executor(details.state, odometry, prev_action)[0], grounding
@@ -219,19 +217,13 @@ class VLITModel(nn.Module):
         """
         `frame_forward` with the grounding map merged with a 2x zoom of the image centre.
 
-        The zoom (`core.model.zoom`) is scored by the same encoder and grounding head, and
-        the merged map replaces the map and its summary in the fused state; the rest of the
-        state comes from the full image. Twice the vision work per frame.
+        For a checkpoint trained without it (`fusion.zoom_map` false; for one trained with
+        it, this is `frame_forward`). The zoom (`core.model.zoom`) is scored by the same
+        encoder and grounding head, and the merged map replaces the map and its summary in
+        the fused state; the rest of the state comes from the full image. Twice the vision
+        work per frame.
         """
-        fusion = self.vlm.fusion
-        if fusion.grounding is None:
-            raise ValueError('the zoomed map needs a grounding head (fusion.grounding_dim)')
-        details = self.vlm.fuse_details(self.vlm.image_tokens(self.vlm.preprocess(images)),
-                                        text)
-        zoom_tokens = self.vlm.image_tokens(self.vlm.preprocess(centre_zoom(images)))
-        details = fusion.with_grounding(details, merge_zoom_logits(
-            details.grounding, fusion.grounding_logits(zoom_tokens, text),
-            self.vlm.vision.grid, tuple(images.shape[1:3])))
+        details = self.vlm.fuse_images(images, text, zoom=True)
         return self.executor(details.state, odometry, prev_action)[0], \
             torch.sigmoid(details.grounding)
 
@@ -280,8 +272,7 @@ class VLITModel(nn.Module):
         targets = batch.get('action')
         if targets is not None:
             targets = _tensor(targets, torch.long, device)
-        pixels = self.vlm.preprocess(images)
-        fused = self.vlm.fuse(self.vlm.image_tokens(pixels), self.batch_text(batch))
+        fused = self.vlm.fuse_images(images, self.batch_text(batch)).state
         return self.executor(fused, self.batch_odometry(batch), prev_action, targets)
 
     @torch.no_grad()

@@ -20,6 +20,11 @@ Cross-modal alignment: the vision-language model (encoders, projector, fusion, a
   before it regress the numbers from the sentence embedding alone (`task_tokens` false).
 - `VisionLanguageModel`: the encoders plus the above, the image-text alignment score, and
   the per-instruction embedding cache.
+- The zoomed map (`FusionConfig.zoom_map`, `core.model.zoom`): the image centre upsampled
+  2x is scored by the same encoder and grounding head, and each patch of the map keeps the
+  higher of its own logit and those of the zoomed patches inside it. The zoom's tokens come
+  without gradient (`VisionLanguageModel.zoom_tokens`): training pays one more forward pass
+  of the vision encoder, not a backward one.
 """
 
 import math
@@ -34,6 +39,7 @@ from vlit_ros.core.model.layers import init_weights, TransformerBlock
 from vlit_ros.core.model.text import build_text_encoder, normalize_instruction, \
     stack_features, TextEmbeddingCache, TextFeatures
 from vlit_ros.core.model.vision import build_vision_encoder
+from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits
 from vlit_ros.core.task_parameters import TASK_PARAMETERS
 
 
@@ -123,9 +129,14 @@ class CrossModalFusion(nn.Module):
     """
 
     def __init__(self, text_dim: int, config: FusionConfig, grid: Tuple[int, int] = (1, 1),
-                 leading_tokens: int = 0):
+                 leading_tokens: int = 0, image_size: Tuple[int, int] = (1, 1)):
         super().__init__()
         self.leading_tokens = leading_tokens
+        # the patch grid and the encoder's input size (rows, columns), where the zoomed
+        # map's patches fall on the full one
+        self.grid = tuple(grid)
+        self.image_size = tuple(image_size)
+        self.zoom_map = config.zoom_map
         patches = grid[0] * grid[1]
         self.grounding = GroundingHead(text_dim, config.grounding_dim) \
             if config.grounding_dim else None
@@ -156,9 +167,17 @@ class CrossModalFusion(nn.Module):
         # like the normalised state's, so neither half dominates the executor's input.
         self.sentence_scale = math.sqrt(text_dim)
 
-    def forward(self, image_tokens: torch.Tensor, text: TextFeatures) -> torch.Tensor:
-        """Return the fused state of image tokens (B, N, text_dim) and encoded text."""
-        return self.fuse(image_tokens, text).state
+    def forward(self, image_tokens: torch.Tensor, text: TextFeatures,
+                zoom_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Return the fused state of image tokens (B, N, text_dim) and encoded text.
+
+        With `zoom_tokens`, the tokens of the images' centre zoom, the state holds the
+        merged map (`with_zoom`).
+        """
+        fused = self.fuse(image_tokens, text)
+        return fused.state if zoom_tokens is None else \
+            self.with_zoom(fused, zoom_tokens, text).state
 
     def fuse(self, image_tokens: torch.Tensor, text: TextFeatures) -> FusionOutput:
         """Return the fused state with the grounding logits and task parameters in it."""
@@ -201,6 +220,24 @@ class CrossModalFusion(nn.Module):
                  state[:, end:]]
         return fused._replace(state=torch.cat(parts, -1), grounding=logits)
 
+    def with_zoom(self, fused: FusionOutput, zoom_tokens: torch.Tensor,
+                  text: TextFeatures) -> FusionOutput:
+        """
+        Return `fused` with its map merged with the map of the centre zoom's tokens.
+
+        Each patch keeps the higher of its own logit and those of the zoomed patches inside
+        it (`merge_zoom_logits`); the state's map and summary are recomputed from the merge.
+        """
+        if fused.grounding is None:
+            raise ValueError('the zoomed map needs a grounding head (fusion.grounding_dim)')
+        return self.with_grounding(fused, self.merge_zoom(fused.grounding,
+                                                          self.grounding_logits(zoom_tokens,
+                                                                                text)))
+
+    def merge_zoom(self, logits: torch.Tensor, zoom_logits: torch.Tensor) -> torch.Tensor:
+        """Return full-grid logits merged with those of the centre zoom (both (B, N))."""
+        return merge_zoom_logits(logits, zoom_logits, self.grid, self.image_size)
+
     def grounding_logits(self, image_tokens: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """
         Return the grounding logits (B, patches) alone, as `fuse` computes them.
@@ -242,7 +279,8 @@ class VisionLanguageModel(nn.Module):
         hidden = config.fusion.projector_hidden or text_dim
         self.projector = Projector(self.vision.dim, hidden, text_dim)
         self.fusion = CrossModalFusion(text_dim, config.fusion, self.vision.grid,
-                                       self.vision.leading_tokens)
+                                       self.vision.leading_tokens,
+                                       self.vision.preprocess.size)
         self.state_dim = self.fusion.state_dim
         # Pooled image -> the text space, for the alignment score and the contrastive loss.
         self.image_alignment = nn.Sequential(nn.LayerNorm(text_dim),
@@ -280,17 +318,48 @@ class VisionLanguageModel(nn.Module):
         """Return the fused state with its grounding logits and task parameters."""
         return self.fusion.fuse(image_tokens, text)
 
-    def grounding_logits(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+    def zoom_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """
+        Return the projected patch tokens of the 2x centre zoom of uint8 images (B, H, W, 3).
+
+        Without gradient: the zoomed map is an input the executor learns to read, and the
+        grounding head learns from the full images.
+        """
+        with torch.no_grad():
+            return self.image_tokens(self.preprocess(centre_zoom(images)))
+
+    def fuse_images(self, images: torch.Tensor, text: TextFeatures,
+                    zoom: Optional[bool] = None) -> FusionOutput:
+        """
+        Return the fusion's output for uint8 images (B, H, W, 3) on the model's device.
+
+        With `zoom` (default: the configuration's `fusion.zoom_map`) the map is merged with
+        the centre zoom's (`CrossModalFusion.with_zoom`).
+        """
+        details = self.fuse_details(self.image_tokens(self.preprocess(images)), text)
+        if zoom is None:
+            zoom = self.fusion.zoom_map
+        return self.fusion.with_zoom(details, self.zoom_tokens(images), text) if zoom \
+            else details
+
+    def grounding_logits(self, images: torch.Tensor, texts: Sequence[str],
+                         zoom: Optional[bool] = None) -> torch.Tensor:
         """
         Return the grounding map's logits (B, patches) of uint8 images (B, H, W, 3).
 
         One instruction per image, through the text cache; gradients reach the vision
-        encoder, projector and grounding head (wrap in `torch.no_grad()` to score).
+        encoder, projector and grounding head (wrap in `torch.no_grad()` to score). With
+        `zoom` (default: the configuration's `fusion.zoom_map`) the map is merged with the
+        centre zoom's.
         """
         if len(texts) != images.shape[0]:
             raise ValueError(f'{images.shape[0]} images but {len(texts)} texts')
-        tokens = self.image_tokens(self.preprocess(images))
-        return self.fusion.grounding_logits(tokens, self.encode_instructions(texts))
+        text = self.encode_instructions(texts)
+        logits = self.fusion.grounding_logits(self.image_tokens(self.preprocess(images)), text)
+        if zoom is None:
+            zoom = self.fusion.zoom_map
+        return self.fusion.merge_zoom(logits, self.fusion.grounding_logits(
+            self.zoom_tokens(images), text)) if zoom else logits
 
     # -- text --------------------------------------------------------------------------
 

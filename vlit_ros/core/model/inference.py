@@ -47,9 +47,10 @@ class FrameRunner:
         self.precision = precision
         self.compiled = compile_model
         self.cuda_graph = cuda_graph
-        # zoom_map: the grounding map merged with a 2x zoom of the image centre
+        # zoom_map: the grounding map merged with a 2x zoom of the image centre, as a model
+        # trained with it (fusion.zoom_map) always does
         frame = model.zoomed_frame_forward if zoom_map else model.frame_forward
-        self.zoom_map = zoom_map
+        self.zoom_map = zoom_map or model.vlm.fusion.zoom_map
         self._frame = torch.compile(frame, dynamic=False) if compile_model else frame
         self._graphs: Dict[Tuple, Tuple] = {}
         self._pool = None
