@@ -18,8 +18,8 @@ import torch
 from vlit_ros.core.actions import ACTION_INDEX, NUM_ACTIONS
 from vlit_ros.core.follower_logic import FollowerObservation
 from vlit_ros.core.model import load_checkpoint, VLITModel
-from vlit_ros.core.online import (apply_policy_update, decode_transition, encode_policy,
-                                  encode_transition, EpisodeSummary, ExecutorTap,
+from vlit_ros.core.online import (_fusion_inputs, apply_policy_update, decode_transition,
+                                  encode_policy, encode_transition, EpisodeSummary, ExecutorTap,
                                   EXPERIENCE_LAYOUT, ExperienceBuffer, LearnerConfig,
                                   match_rewards, OnlineLearner, pack_transition,
                                   read_policy_payload, reward_problem, Rollout,
@@ -673,3 +673,31 @@ def test_the_tap_records_what_the_executor_consumed_and_fusion_can_train(model):
     assert any(k.startswith('vlm.fusion.') for k in read_policy_payload(payload)[1])
     update = validate_policy_update(copy.deepcopy(model), payload, transitions, max_kl=1.0)
     assert update.includes_fusion and update.kl == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fusion_learning_recomputes_the_zoomed_map_the_follower_read():
+    torch.manual_seed(3)
+    config = model_config('tiny', 'builtin')
+    model = VLITModel(replace(config, fusion=replace(config.fusion, zoom_map=True))).eval()
+    policy = ModelPolicy(model)
+    tap = ExecutorTap(policy.model)
+    rng = np.random.default_rng(17)
+    transitions = []
+    for step in range(8):
+        policy.reset('go to the red cube')
+        image = rng.integers(0, 256, (96, 128, 3), np.uint8)
+        action = ACTION_INDEX[policy.act(FollowerObservation(image, (0.0,) * 5, 0.5))]
+        transitions.append(tap.transition(action, 1.0, 'v', 0.1 * step, step,
+                                          instruction='go to the red cube', image=image))
+    tap.close()
+    # The learner rebuilds, from each image and instruction, the fused state the follower's
+    # executor consumed: with the zoomed map merged in, as the model is configured.
+    images = torch.from_numpy(np.stack([t.image for t in transitions]))
+    inputs = _fusion_inputs(model, images, [t.instruction for t in transitions])
+    assert inputs[2] is not None
+    with torch.no_grad():
+        rebuilt = model.vlm.fusion(*inputs)
+        unzoomed = model.vlm.fusion(*inputs[:2])
+    recorded = torch.from_numpy(np.stack([t.fused for t in transitions]))
+    torch.testing.assert_close(rebuilt, recorded, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(unzoomed, recorded, atol=1e-5, rtol=1e-5)

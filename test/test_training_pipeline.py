@@ -4,6 +4,7 @@
 """End to end on tiny data: gen-data -> pretrain -> finetune with DAgger; resume; DDP."""
 
 import argparse
+import copy
 import gc
 import json
 import math
@@ -143,6 +144,17 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
     for key in ('loss_grounding', 'loss_query'):
         assert float(presence[key]) != float(coverage[key]), key
     assert float(presence['loss_action']) == float(coverage['loss_action'])
+    # With the zoomed map the executor reads the merged map, as `VLITModel.forward` (and so
+    # DAgger and evaluation) does; the grounding losses still score the full images' map.
+    zooming = copy.deepcopy(model)
+    zooming.vlm.fusion.zoom_map = True
+    with torch.no_grad():
+        zoomed = finetune.imitation_losses(zooming, None, batch, weights)
+        _, forward_loss = zooming(batch)
+    for key in ('loss_grounding', 'loss_query'):
+        assert float(zoomed[key]) == float(coverage[key]), key
+    assert float(zoomed['loss_action']) != float(coverage['loss_action'])
+    assert float(forward_loss) == pytest.approx(float(zoomed['loss_action']), rel=1e-5)
 
 
 def test_paraphrased_batches_rephrase_goto_instructions_only(data):
@@ -255,6 +267,18 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
         ['--data', str(data), '--out', str(tmp_path / 'x'), '--preset', 'tiny',
          '--conv-stem', '8']))
     assert fresh.config.vision.conv_stem == 8
+    # The zoomed map likewise: a new model (from pretraining or a preset) gets it and keeps
+    # it through its checkpoint; a fine-tuned model without it is refused.
+    zooming = build(pretrained, '--zoom-map')
+    assert zooming.config.fusion.zoom_map and zooming.vlm.fusion.zoom_map
+    assert not model.vlm.fusion.zoom_map
+    save_checkpoint(zooming, tmp_path / 'zooming')
+    assert build(tmp_path / 'zooming').vlm.fusion.zoom_map
+    with pytest.raises(ValueError, match='trained without the zoomed map'):
+        build(tmp_path / 'reading', '--zoom-map')
+    assert finetune.build_model(parser.parse_args(
+        ['--data', str(data), '--out', str(tmp_path / 'x'), '--preset', 'tiny',
+         '--zoom-map'])).vlm.fusion.zoom_map
     # train-all hands the option to the finetune stage only (polish continues that model).
     out = tmp_path / 'all'
     argv = ['--out', str(out), '--data', str(data), '--no-fusion-state',
@@ -273,6 +297,10 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
                   train_all.plan_stages(parser.parse_args(argv + ['--map-memory']))}
     assert '--map-memory' in remembered['finetune'] and '--map-memory' not in stages['finetune']
     assert '--map-memory' not in remembered['polish']
+    zoomed = {name: a for name, _, a in
+              train_all.plan_stages(parser.parse_args(argv + ['--zoom-map']))}
+    assert '--zoom-map' in zoomed['finetune'] and '--zoom-map' not in stages['finetune']
+    assert '--zoom-map' not in zoomed['polish']
     stem = {name: a for name, _, a in
             train_all.plan_stages(parser.parse_args(argv + ['--conv-stem', '16']))}
     assert stem['pretrain'][stem['pretrain'].index('--conv-stem') + 1] == '16'

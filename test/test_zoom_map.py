@@ -3,11 +3,14 @@
 
 """The zoomed map: a 2x zoom of the image centre, scored and merged into the grounding map."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from tiny_models import tiny_config
 import torch
-from vlit_ros.core.model import VLITModel
+from vlit_ros.core.model import (FusionConfig, load_checkpoint, ModelConfig, save_checkpoint,
+                                 VLITModel)
 from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits, zoom_cells
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.policies import load_policy
@@ -79,3 +82,53 @@ def test_the_zoomed_policy_acts_and_its_map_is_at_least_the_full_one():
 def test_only_the_model_policy_takes_the_zoomed_map():
     with pytest.raises(ValueError, match='model policy only'):
         load_policy('expert', zoom_map=True)
+
+
+def test_a_model_configured_with_the_zoomed_map_reads_it_everywhere(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config('builtin')
+    plain = VLITModel(config).eval()
+    zooming = VLITModel(replace(config, fusion=replace(config.fusion, zoom_map=True))).eval()
+    zooming.load_state_dict(plain.state_dict())
+    images = torch.randint(0, 255, (2, 96, 128, 3), dtype=torch.uint8)
+    texts = ['go to the red cube', 'find the ball']
+    text = zooming.vlm.encode_instructions(texts)
+    previous = torch.zeros(2, dtype=torch.long)
+    batch = {'image': images.numpy(), 'text': texts, 'odom': np.zeros((2, 5), np.float32),
+             't': np.zeros(2, np.float32), 'prev_action': previous.numpy()}
+    odometry = zooming.batch_odometry(batch)
+    with torch.no_grad():
+        configured, configured_map = zooming.frame_forward(images, text, odometry, previous)
+        asked, asked_map = plain.zoomed_frame_forward(images, text, odometry, previous)
+        unzoomed, _ = plain.frame_forward(images, text, odometry, previous)
+        # The batch path (training, DAgger's labels) reads the same merged map.
+        batched, _ = zooming(batch)
+    torch.testing.assert_close(configured.logits, asked.logits)
+    torch.testing.assert_close(configured_map, asked_map)
+    torch.testing.assert_close(batched.logits, configured.logits)
+    assert not torch.equal(configured.logits, unzoomed.logits)
+    with torch.no_grad():
+        assert not torch.allclose(zooming.vlm.fuse_images(images, text).state,
+                                  plain.vlm.fuse_images(images, text).state)
+    with torch.no_grad():
+        torch.testing.assert_close(zooming.vlm.grounding_logits(images, texts),
+                                   plain.vlm.grounding_logits(images, texts, zoom=True))
+        assert not torch.allclose(zooming.vlm.grounding_logits(images, texts, zoom=False),
+                                  zooming.vlm.grounding_logits(images, texts))
+    # The zoom's pass carries no gradient: training pays a forward pass for it, not more.
+    assert not zooming.vlm.zoom_tokens(images).requires_grad
+    assert zooming.vlm.image_tokens(zooming.vlm.preprocess(images)).requires_grad
+    assert ModelPolicy(zooming).runner.zoom_map and not ModelPolicy(plain).runner.zoom_map
+    # The setting is part of the checkpoint; a config.json from before it reads false.
+    save_checkpoint(zooming, tmp_path / 'zooming')
+    assert load_checkpoint(tmp_path / 'zooming').vlm.fusion.zoom_map
+    old = zooming.config.to_dict()
+    del old['fusion']['zoom_map']
+    assert ModelConfig.from_dict(old).fusion.zoom_map is False
+
+
+def test_the_zoomed_map_setting_is_checked():
+    with pytest.raises(ValueError, match='zoom_map must be true or false'):
+        FusionConfig(zoom_map='yes')
+    with pytest.raises(ValueError, match='zoom_map needs a grounding map'):
+        FusionConfig(grounding_dim=0, zoom_map=True)

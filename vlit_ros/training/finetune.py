@@ -72,6 +72,7 @@ from vlit_ros.core.model import (as_image_batch, load_checkpoint, load_weights_f
                                  ModelConfig, PretrainingModel, save_checkpoint, VLITModel)
 from vlit_ros.core.model.checkpoint import read_checkpoint_info, WEIGHTS_FILE
 from vlit_ros.core.model.memory import memory_features, patch_bearings
+from vlit_ros.core.model.zoom import zoom_boxes
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.core.task_parameters import (MOVE_DISTANCE_SCALE_M, TASK_PARAMETERS,
                                            TURN_ANGLE_SCALE_RAD)
@@ -313,6 +314,8 @@ class LossWeights:
     # The shipped checkpoint's (fifteenth session, docs/TRAINING.md); 0 turns a loss off.
     patch_attributes: float = 1.0
     text_attributes: float = 0.5
+    # Models with the zoomed map only (`--zoom-map`).
+    zoom: float = 1.0
 
     def __post_init__(self):
         for field in fields(self):
@@ -336,6 +339,9 @@ _LOSS_WEIGHT_HELP = {
     'text_attributes': 'the query attribute loss: a linear classifier names the colour and '
                        'shape of the object the relabelled query refers to from its sentence '
                        'embedding',
+    'zoom': 'with the zoomed map (--zoom-map): both grounding losses (named object, '
+            'relabelled query) on the map of the centre zoom, boxes mapped into it; the '
+            "zoom's tokens carry no gradient, so they train the grounding head",
 }
 
 
@@ -367,8 +373,14 @@ def imitation_losses(model: VLITModel, heads: Optional[AuxiliaryHeads], batch: d
     images = as_image_batch(batch['image'], device)
     text = model.batch_text(batch)
     details = vlm.fuse_details(vlm.image_tokens(vlm.preprocess(images)), text)
-    fused = vlm.fusion.with_zoom(details, vlm.zoom_tokens(images), text).state \
-        if vlm.fusion.zoom_map else details.state
+    fused = details.state
+    zoom_patches = zoom_logits = None
+    if vlm.fusion.zoom_map:
+        # `CrossModalFusion.with_zoom` spelled out: the zoom's map also has losses.
+        zoom_patches = vlm.fusion.grounding_patches(vlm.zoom_tokens(images))
+        zoom_logits = vlm.fusion.grounding(zoom_patches, text.pooled.to(zoom_patches.dtype))
+        fused = vlm.fusion.with_grounding(
+            details, vlm.fusion.merge_zoom(details.grounding, zoom_logits)).state
     targets = torch.as_tensor(batch['action'], device=device)
     output, action_loss = model.executor(
         fused, model.batch_odometry(batch),
@@ -388,7 +400,8 @@ def imitation_losses(model: VLITModel, heads: Optional[AuxiliaryHeads], batch: d
                                     labels_kind)
         losses['loss_grounding'] = grounding.detach()
         total = total + weights.grounding * grounding
-    wants_query = (details.grounding is not None and weights.query > 0) or \
+    wants_zoom = zoom_logits is not None and weights.zoom > 0
+    wants_query = (details.grounding is not None and weights.query > 0) or wants_zoom or \
         (heads is not None and heads.text is not None and weights.text_attributes > 0)
     query = model.batch_text({'texts': batch['query_texts'],
                               'text_index': batch['query_text_index']}) \
@@ -399,6 +412,16 @@ def imitation_losses(model: VLITModel, heads: Optional[AuxiliaryHeads], batch: d
         query_loss = _grounding_loss(logits, batch['query_box'], vlm.vision.grid, labels_kind)
         losses['loss_query'] = query_loss.detach()
         total = total + weights.query * query_loss
+    if wants_zoom:
+        size = vlm.fusion.image_size
+        zoom_loss = _grounding_loss(zoom_logits, zoom_boxes(batch['target_box'], size),
+                                    vlm.vision.grid, labels_kind)
+        if query is not None:
+            zoom_loss = zoom_loss + _grounding_loss(
+                vlm.fusion.grounding(zoom_patches, query.pooled.to(zoom_patches.dtype)),
+                zoom_boxes(batch['query_box'], size), vlm.vision.grid, labels_kind)
+        losses['loss_zoom'] = zoom_loss.detach()
+        total = total + weights.zoom * zoom_loss
     if heads is not None and heads.patches is not None and weights.patch_attributes > 0 \
             and 'object_class' in batch:
         labels = torch.as_tensor(patch_attribute_labels(

@@ -247,8 +247,12 @@ class CrossModalFusion(nn.Module):
         """
         if self.grounding is None:
             raise ValueError('this model has no grounding head (fusion.grounding_dim is 0)')
-        patches = self.context_norm(image_tokens)[:, self.leading_tokens:]
+        patches = self.grounding_patches(image_tokens)
         return self.grounding(patches, text.pooled.to(patches.dtype))
+
+    def grounding_patches(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Return the normalised patch tokens (B, patches, text_dim) the grounding head scores."""
+        return self.context_norm(image_tokens)[:, self.leading_tokens:]
 
     def task_parameters(self, text: TextFeatures) -> torch.Tensor:
         """Return the task parameters (B, 2) of encoded text (see TASK_PARAMETERS)."""

@@ -10,11 +10,15 @@ those of the zoomed patches inside it.
 
     zoomed = centre_zoom(images)                       # uint8 (B, H, W, 3), same size
     merged = merge_zoom_logits(full, zoom_logits, grid, (H, W))
+    boxes = zoom_boxes(boxes, (H, W))                  # ground-truth boxes, in the zoom
+
+The last is for training the grounding head on the zoom (`vlit-ros finetune --zoom-weight`).
 """
 
 from functools import lru_cache
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +72,23 @@ def merge_zoom_logits(full: torch.Tensor, zoom: torch.Tensor, grid: Tuple[int, i
     cells = zoom_cells(grid, size, top).to(full.device)
     merged = full.clone()
     return merged.scatter_reduce(1, cells.expand_as(zoom), zoom.to(full.dtype), 'amax')
+
+
+def zoom_boxes(boxes: np.ndarray, size: Tuple[int, int], top: Optional[int] = None
+               ) -> np.ndarray:
+    """
+    Return boxes (B, 4: x0, x1, y0, y1 in image fractions) in the centre zoom's frame.
+
+    The part of each box inside the zoomed crop, stretched to the zoom; a box that misses
+    the crop (or an empty one) becomes empty, all zeros, as `datasets.NO_BOX`.
+    """
+    height, width = size
+    top = _top(height, top)
+    left = (width - width // ZOOM) // 2
+    boxes = np.asarray(boxes, dtype=np.float32)
+    x = np.clip((boxes[:, :2] * width - left) / (width // ZOOM), 0.0, 1.0)
+    y = np.clip((boxes[:, 2:] * height - top) / (height // ZOOM), 0.0, 1.0)
+    zoomed = np.concatenate([x, y], 1)
+    empty = (x[:, 1] <= x[:, 0]) | (y[:, 1] <= y[:, 0])
+    zoomed[empty] = 0.0
+    return zoomed
