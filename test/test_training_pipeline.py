@@ -5,6 +5,7 @@
 
 import argparse
 import copy
+from dataclasses import replace
 import gc
 import json
 import math
@@ -149,12 +150,18 @@ def test_grounding_and_task_losses_fall_on_a_fixed_batch(data):
     zooming = copy.deepcopy(model)
     zooming.vlm.fusion.zoom_map = True
     with torch.no_grad():
-        zoomed = finetune.imitation_losses(zooming, None, batch, weights)
+        zoomed = finetune.imitation_losses(zooming, None, batch, replace(weights, zoom=1.0))
         _, forward_loss = zooming(batch)
     for key in ('loss_grounding', 'loss_query'):
         assert float(zoomed[key]) == float(coverage[key]), key
     assert float(zoomed['loss_action']) != float(coverage['loss_action'])
     assert float(forward_loss) == pytest.approx(float(zoomed['loss_action']), rel=1e-5)
+    # Its own grounding losses (boxes mapped into the zoom) count for zooming models only.
+    assert float(zoomed['loss_zoom']) > 0.0 and 'loss_zoom' not in coverage
+    with torch.no_grad():
+        unweighted = finetune.imitation_losses(zooming, None, batch, weights)
+    assert 'loss_zoom' not in unweighted and weights.zoom == 0.0, 'off by default'
+    assert float(unweighted['loss']) < float(zoomed['loss'])
 
 
 def test_paraphrased_batches_rephrase_goto_instructions_only(data):

@@ -11,10 +11,11 @@ from tiny_models import tiny_config
 import torch
 from vlit_ros.core.model import (FusionConfig, load_checkpoint, ModelConfig, save_checkpoint,
                                  VLITModel)
-from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits, zoom_cells
+from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits, zoom_boxes, zoom_cells
 from vlit_ros.core.policy import ModelPolicy
 from vlit_ros.policies import load_policy
 from vlit_ros.sim.episode import Observation
+from vlit_ros.training.datasets import grounding_labels
 
 
 def test_the_zoom_is_the_centre_half_upsampled():
@@ -132,3 +133,18 @@ def test_the_zoomed_map_setting_is_checked():
         FusionConfig(zoom_map='yes')
     with pytest.raises(ValueError, match='zoom_map needs a grounding map'):
         FusionConfig(grounding_dim=0, zoom_map=True)
+
+
+def test_boxes_map_into_the_zoom_and_those_outside_it_become_empty():
+    boxes = np.array([[0.5, 0.625, 0.5, 0.75],   # inside the crop (x 0.25-0.75, y 0.25-0.75)
+                      [0.0, 0.375, 0.6, 0.9],    # partly inside: clipped at the crop's edges
+                      [0.8, 0.9, 0.4, 0.5],      # right of the crop
+                      [0.0, 0.0, 0.0, 0.0]], np.float32)  # no box
+    zoomed = zoom_boxes(boxes, (96, 128))
+    np.testing.assert_allclose(zoomed[0], [0.5, 0.75, 0.5, 1.0])
+    np.testing.assert_allclose(zoomed[1], [0.0, 0.25, 0.7, 1.0])
+    assert (zoomed[2:] == 0.0).all()
+    # A far target's box covers four times the share of a patch in the zoom.
+    far = np.array([[0.5, 0.53125, 0.5, 0.541667]], np.float32)
+    assert grounding_labels(zoom_boxes(far, (96, 128)), (6, 8)).max() == pytest.approx(
+        4 * grounding_labels(far, (6, 8)).max(), rel=1e-4)

@@ -314,8 +314,9 @@ class LossWeights:
     # The shipped checkpoint's (fifteenth session, docs/TRAINING.md); 0 turns a loss off.
     patch_attributes: float = 1.0
     text_attributes: float = 0.5
-    # Models with the zoomed map only (`--zoom-map`).
-    zoom: float = 1.0
+    # Models with the zoomed map only (`--zoom-map`); off: it did not help (twenty-seventh
+    # session, docs/TRAINING.md).
+    zoom: float = 0.0
 
     def __post_init__(self):
         for field in fields(self):
