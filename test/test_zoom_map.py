@@ -46,7 +46,7 @@ def test_the_merged_map_keeps_the_higher_logit_of_each_patch():
     full[0, 0] = 2.0
     zoom = torch.full((2, 48), -5.0)
     zoom[1, 0] = 4.0  # top-left zoomed patch -> full patch (1, 2)
-    merged = merge_zoom_logits(full, zoom, (6, 8), (96, 128))
+    merged = merge_zoom_logits(full, zoom, zoom_cells((6, 8), (96, 128)))
     assert merged[0, 0] == 2.0 and (merged[0, 1:] == -3.0).all()
     assert merged[1, 1 * 8 + 2] == 4.0 and (merged[1].sum() == -3.0 * 47 + 4.0)
     assert (full[1] == -3.0).all(), 'the full map is not changed in place'

@@ -197,16 +197,18 @@ class VLITModel(nn.Module):
         return next(self.executor.parameters()).device
 
     def frame_forward(self, images: torch.Tensor, text: TextFeatures, odometry: torch.Tensor,
-                      prev_action: torch.Tensor) -> Tuple[ExecutorOutput, torch.Tensor]:
+                      prev_action: torch.Tensor, zoom: Optional[bool] = None
+                      ) -> Tuple[ExecutorOutput, torch.Tensor]:
         """
         Run the per-frame path on tensors already on the model's device.
 
         `images` uint8 (B, H, W, 3), `text` encoded instructions, `odometry` the (B,
         `executor.odometry_width`) odometry and memory features, `prev_action` (B,) indices.
         Returns the executor's output and the grounding map's probabilities (B, patches),
-        (B, 0) without a grounding head, which the map memory reads.
+        (B, 0) without a grounding head, which the map memory reads. `zoom`: merge the map
+        with the centre zoom's (default: as configured, `fusion.zoom_map`).
         """
-        details = self.vlm.fuse_images(images, text)
+        details = self.vlm.fuse_images(images, text, zoom)
         grounding = torch.sigmoid(details.grounding) if details.grounding is not None \
             else details.state.new_zeros((details.state.shape[0], 0))
         return self.executor(details.state, odometry, prev_action)[0], grounding
@@ -223,9 +225,7 @@ class VLITModel(nn.Module):
         the fused state; the rest of the state comes from the full image. Twice the vision
         work per frame.
         """
-        details = self.vlm.fuse_images(images, text, zoom=True)
-        return self.executor(details.state, odometry, prev_action)[0], \
-            torch.sigmoid(details.grounding)
+        return self.frame_forward(images, text, odometry, prev_action, zoom=True)
 
     def batch_text(self, batch: Mapping[str, Any]) -> TextFeatures:
         """Encode a batch's instructions, each distinct text once (through the cache)."""

@@ -39,7 +39,7 @@ from vlit_ros.core.model.layers import init_weights, TransformerBlock
 from vlit_ros.core.model.text import build_text_encoder, normalize_instruction, \
     stack_features, TextEmbeddingCache, TextFeatures
 from vlit_ros.core.model.vision import build_vision_encoder
-from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits
+from vlit_ros.core.model.zoom import centre_zoom, merge_zoom_logits, zoom_cells
 from vlit_ros.core.task_parameters import TASK_PARAMETERS
 
 
@@ -129,14 +129,16 @@ class CrossModalFusion(nn.Module):
     """
 
     def __init__(self, text_dim: int, config: FusionConfig, grid: Tuple[int, int] = (1, 1),
-                 leading_tokens: int = 0, image_size: Tuple[int, int] = (1, 1)):
+                 leading_tokens: int = 0, image_size: Optional[Tuple[int, int]] = None):
         super().__init__()
         self.leading_tokens = leading_tokens
-        # the patch grid and the encoder's input size (rows, columns), where the zoomed
-        # map's patches fall on the full one
-        self.grid = tuple(grid)
-        self.image_size = tuple(image_size)
+        # the encoder's input size (rows, columns), and for each patch of the centre zoom the
+        # full patch it falls in (moves with the model; not part of the checkpoint); a fusion
+        # built without the size cannot zoom
+        self.image_size = None if image_size is None else tuple(image_size)
         self.zoom_map = config.zoom_map
+        self.register_buffer('zoom_cells', None if image_size is None else
+                             zoom_cells(tuple(grid), self.image_size), persistent=False)
         patches = grid[0] * grid[1]
         self.grounding = GroundingHead(text_dim, config.grounding_dim) \
             if config.grounding_dim else None
@@ -236,7 +238,9 @@ class CrossModalFusion(nn.Module):
 
     def merge_zoom(self, logits: torch.Tensor, zoom_logits: torch.Tensor) -> torch.Tensor:
         """Return full-grid logits merged with those of the centre zoom (both (B, N))."""
-        return merge_zoom_logits(logits, zoom_logits, self.grid, self.image_size)
+        if self.zoom_cells is None:
+            raise ValueError('the zoomed map needs the image size (CrossModalFusion image_size)')
+        return merge_zoom_logits(logits, zoom_logits, self.zoom_cells)
 
     def grounding_logits(self, image_tokens: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """

@@ -9,13 +9,12 @@ each patch on the object, so far targets near the heading look like nearer ones.
 those of the zoomed patches inside it.
 
     zoomed = centre_zoom(images)                       # uint8 (B, H, W, 3), same size
-    merged = merge_zoom_logits(full, zoom_logits, grid, (H, W))
+    merged = merge_zoom_logits(full, zoom_logits, zoom_cells(grid, (H, W)))
     boxes = zoom_boxes(boxes, (H, W))                  # ground-truth boxes, in the zoom
 
 The last is for training the grounding head on the zoom (`vlit-ros finetune --zoom-weight`).
 """
 
-from functools import lru_cache
 from typing import Optional, Tuple
 
 import numpy as np
@@ -46,14 +45,12 @@ def centre_zoom(images: torch.Tensor, top: Optional[int] = None) -> torch.Tensor
     return up.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-@lru_cache(maxsize=8)
 def zoom_cells(grid: Tuple[int, int], size: Tuple[int, int],
                top: Optional[int] = None) -> torch.Tensor:
     """
     Return, for each zoomed patch (row-major), the index of the full patch it lies in.
 
-    Cached (one grid and image size per model, and it runs every frame): do not modify the
-    returned tensor.
+    A model computes it once (`CrossModalFusion`'s `zoom_cells` buffer, on its device).
     """
     rows, cols = grid
     height, width = size
@@ -66,10 +63,13 @@ def zoom_cells(grid: Tuple[int, int], size: Tuple[int, int],
     return torch.tensor(cells, dtype=torch.long)
 
 
-def merge_zoom_logits(full: torch.Tensor, zoom: torch.Tensor, grid: Tuple[int, int],
-                      size: Tuple[int, int], top: Optional[int] = None) -> torch.Tensor:
-    """Return full-grid logits (B, N): each patch's own or its zoomed patches', the higher."""
-    cells = zoom_cells(grid, size, top).to(full.device)
+def merge_zoom_logits(full: torch.Tensor, zoom: torch.Tensor,
+                      cells: torch.Tensor) -> torch.Tensor:
+    """
+    Return full-grid logits (B, N): each patch's own or its zoomed patches', the higher.
+
+    `cells` is `zoom_cells` of the grid and image size, on the logits' device.
+    """
     merged = full.clone()
     return merged.scatter_reduce(1, cells.expand_as(zoom), zoom.to(full.dtype), 'amax')
 
