@@ -68,11 +68,13 @@ def by_distance(probabilities: np.ndarray, boxes: np.ndarray, distances: np.ndar
         bands.append({'from_m': low, 'to_m': high, 'frames': count,
                       'found': _share(on[rows] >= FOUND) if count else None,
                       'median_on_target': float(np.median(on[rows])) if count else None,
+                      'ranked_first': _share(on[rows] > off[rows]) if count else None,
                       'false_alarm': _share(off[rows] >= FOUND) if count else None})
     empty = ~touched.any(-1)
     return {'frames': int(len(boxes)), 'frames_target_shown': int(shown.sum()),
             'bands': bands, 'frames_target_absent': int(empty.sum()),
-            'false_alarm_target_absent': _share(off[empty] >= FOUND) if empty.any() else None}
+            'false_alarm_target_absent': _share(off[empty] >= FOUND) if empty.any() else None,
+            'median_max_target_absent': float(np.median(off[empty])) if empty.any() else None}
 
 
 def _share(flags: np.ndarray) -> float:
@@ -81,7 +83,7 @@ def _share(flags: np.ndarray) -> float:
 
 def format_table(summary: Dict, title: str) -> str:
     lines = [title, '', '| target distance | frames | found (map >= 0.5 on it) | median on it '
-             '| false alarm elsewhere |', '| --- | --- | --- | --- | --- |']
+             '| highest on it | false alarm elsewhere |', '| --- | --- | --- | --- | --- | --- |']
 
     def percent(value: Optional[float]) -> str:
         return '-' if value is None else f'{100.0 * value:.0f}%'
@@ -89,8 +91,11 @@ def format_table(summary: Dict, title: str) -> str:
     for band in summary['bands']:
         median = '-' if band['median_on_target'] is None else f'{band["median_on_target"]:.2f}'
         lines.append(f'| {band["from_m"]:g}-{band["to_m"]:g} m | {band["frames"]} | '
-                     f'{percent(band["found"])} | {median} | {percent(band["false_alarm"])} |')
-    lines.append(f'| target not in view | {summary["frames_target_absent"]} | | | '
+                     f'{percent(band["found"])} | {median} | {percent(band["ranked_first"])} | '
+                     f'{percent(band["false_alarm"])} |')
+    absent = summary['median_max_target_absent']
+    absent = '-' if absent is None else f'highest {absent:.2f}'
+    lines.append(f'| target not in view | {summary["frames_target_absent"]} | | {absent} | | '
                  f'{percent(summary["false_alarm_target_absent"])} |')
     return '\n'.join(lines)
 

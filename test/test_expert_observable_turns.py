@@ -1,7 +1,7 @@
 # Copyright 2026 vlit_ros developers
 # Licensed under the Apache License, Version 2.0.
 
-"""The expert's turns a camera-only learner can copy: they follow its last command."""
+"""Expert labels a camera-only learner can copy: turns by its last command, the short sweep."""
 
 import pytest
 
@@ -77,4 +77,52 @@ def test_the_expert_with_observable_turns_still_solves_goto():
             spec = make_episode(index, 7, families=('goto',))
             expert = ExpertPolicy(sweep_by_command=True, reacquire_by_command=True)
             solved += run_episode(world, expert, spec).success
+    assert solved == 12
+
+
+def test_the_short_sweep_is_done_once_both_sides_are_nearly_reached():
+    # A learner that turns 50 degrees left, then right to about -55 degrees and back left:
+    # the default expert (sweep to -95) labels this a new sweep, left again, which is how a
+    # learner came to sweep on the spot for 40 s; the short sweep's search is over.
+    actions = ['turn_left'] * 12 + ['turn_right'] * 26 + ['turn_left'] * 2
+    assert _drive(-2.0, 0.0, actions) == ('turn_left', 'sweep')
+    label, rule = _drive(-2.0, 0.0, actions, short_sweep=True)
+    assert rule == 'ground_truth' and label in ('turn_left', 'turn_right')
+    # One side only: still sweeping, to 60 degrees and not 95.
+    assert _drive(-2.0, 0.0, ['turn_left'] * 12, short_sweep=True) == ('turn_left', 'sweep')
+    assert _drive(-2.0, 0.0, ['turn_left'] * 20, short_sweep=True) == ('turn_right', 'sweep')
+    assert _drive(-2.0, 0.0, ['turn_left'] * 20) == ('turn_left', 'sweep')
+
+
+def test_after_the_short_sweep_a_far_target_is_closed_in_on_in_arcs():
+    sweep = ['turn_left'] * 12 + ['turn_right'] * 26 + ['turn_left'] * 2
+    # 3.2 m behind: beyond 3 m, so an arc instead of a turn on the spot.
+    label, rule = _drive(-3.2, 0.3, sweep, short_sweep=True)
+    assert rule == 'ground_truth' and label in ('forward_left', 'forward_right')
+    # 2 m behind: near enough for the map, so the turn on the spot stays.
+    assert _drive(-2.0, 0.0, sweep, short_sweep=True)[0] in ('turn_left', 'turn_right')
+    # Before the search and without having driven, a far target in view is turned to as
+    # before (3.8 m away, 32 degrees left).
+    assert _drive(3.2, 2.0, [], short_sweep=True) == ('turn_left', 'in_view')
+    assert _drive(3.2, 2.0, []) == ('turn_left', 'in_view')
+
+
+def test_the_short_sweep_and_the_far_search_are_not_combined():
+    with pytest.raises(ValueError, match='choose one'):
+        ExpertRules(far_search=True, short_sweep=True)
+    with pytest.raises(ValueError, match='choose one'):
+        ExpertPolicy(far_search=True, short_sweep=True)
+    with pytest.raises(ValueError, match='observable_search'):
+        ExpertPolicy(observable_search=False, short_sweep=True)
+    expert = ExpertRules(short_sweep=True).policy()
+    assert expert.short_sweep and expert.sweep_deg == 60.0 and expert.far_arcs_m == 3.0
+    assert not ExpertRules().policy().short_sweep and ExpertRules().policy().far_arcs_m is None
+
+
+def test_the_expert_with_the_short_sweep_still_solves_goto():
+    solved = 0
+    with World() as world:
+        for index in range(12):
+            spec = make_episode(index, 7, families=('goto',))
+            solved += run_episode(world, ExpertPolicy(short_sweep=True), spec).success
     assert solved == 12

@@ -258,7 +258,8 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
     # DAgger's expert must be the one that labelled the data (directories without a gen-data
     # manifest are not asked).
     check_expert_labels([tmp_path / 'a', tmp_path], ExpertRules())
-    for other in (ExpertRules(far_search=True), ExpertRules(observable_turns=True)):
+    for other in (ExpertRules(far_search=True), ExpertRules(observable_turns=True),
+                  ExpertRules(short_sweep=True)):
         with pytest.raises(ValueError, match='exactly when gen-data had them'):
             check_expert_labels([tmp_path / 'a'], other)
     turns = replace(TINY, expert_observable_turns=True)
@@ -268,6 +269,7 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
         check_expert_labels([tmp_path / 'b'], ExpertRules())
     # A directory made before the setting existed was labelled with the default turns.
     del old['config']['expert_observable_turns']
+    del old['config']['expert_short_sweep']
     manifest_path.write_text(json.dumps(old))
     check_expert_labels([tmp_path / 'a'], ExpertRules())
 

@@ -333,6 +333,11 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
              train_all.plan_stages(parser.parse_args(argv + ['--expert-observable-turns']))}
     assert all('--expert-observable-turns' in turns[name] for name in ('gen-data', 'finetune'))
     assert '--expert-observable-turns' not in turns['polish']
+    short = {name: a for name, _, a in
+             train_all.plan_stages(parser.parse_args(argv + ['--expert-short-sweep']))}
+    assert all('--expert-short-sweep' in short[name] for name in ('gen-data', 'finetune'))
+    assert '--expert-short-sweep' not in short['polish']
+    assert all('--expert-short-sweep' not in a for a in stages.values())
     # The grounding labels and attribute weights are the same in both stages that train the
     # map; a weight not given is the shipped checkpoint's (finetune's default).
     for name in ('finetune', 'polish'):

@@ -24,6 +24,19 @@ sweep that found nothing is followed by turning back to the start heading, drivi
 `advance_m` and sweeping again, instead of turning toward the target by ground truth. Only
 after the second sweep does the expert fall back on what it knows.
 
+With `short_sweep` (off by default; gen-data / finetune / train-all --expert-short-sweep) the
+sweep turns `sweep_deg` (60) each way instead of 95, which still brings every start bearing
+into view (objects start within 75 degrees of the heading, the camera sees 45 to either
+side); the search counts as done once the robot has turned at least `sweep_deg` less
+`_SWEEP_DONE_SLACK_DEG` to both sides, whichever way and however often it reversed (a
+learner that turns back a little early is then told the search is over, instead of being
+labelled into a new sweep, which is how a learner came to sweep on the spot for 40 s); and,
+once the search is done or the robot has driven, a target farther than `far_arcs_m` (3 m) is
+steered toward in arcs, never by turning on the spot. Beyond 3 m the learner's map rarely
+finds the target, so what it learns to copy there is the labels' average, and the average
+of arcs to either side is to drive on and close in, where the average of turns on the spot
+is to stay.
+
 Two turns of the default expert follow what the learner does not read: the sweep goes on
 turning right while the measured yaw rate turns right (it lags the command), and a target out
 of view after the search is turned toward by ground truth. `sweep_by_command` and
@@ -72,6 +85,13 @@ _SEE_RANGE_M = 3.5
 _ADVANCE_M = 1.5
 _FACING_DEG = 10.0
 _ADVANCE_MAX_STEPS = 80
+# Short sweep: how far each way it turns (deg), how much less than that to both sides counts
+# as a finished search, and the distance beyond which a target is steered toward in arcs
+# once the search is done or the robot has driven (m).
+_SHORT_SWEEP_DEG = 60.0
+_SWEEP_DONE_SLACK_DEG = 15.0
+_FAR_ARCS_M = 3.0
+_ARC_OF_TURN = {'turn_left': 'forward_left', 'turn_right': 'forward_right'}
 # What `last_rule` can say: no goto (odometry servo or stop), at the target, steering with the
 # target in view, the camera-only sweep, the far search's drive ahead between two sweeps, and
 # ground truth with the target out of view (lost on the way, or hidden after the sweep: a
@@ -92,10 +112,15 @@ class ExpertPolicy:
     def __init__(self, action_params: Optional[ActionParams] = None,
                  observable_search: bool = True, far_search: bool = False,
                  see_range_m: float = _SEE_RANGE_M, advance_m: float = _ADVANCE_M,
-                 sweep_by_command: bool = False, reacquire_by_command: bool = False):
-        if far_search and not observable_search:
-            raise ValueError('far_search is a kind of observable search: it needs '
-                             'observable_search=True')
+                 sweep_by_command: bool = False, reacquire_by_command: bool = False,
+                 short_sweep: bool = False):
+        for name, flag in (('far_search', far_search), ('short_sweep', short_sweep)):
+            if flag and not observable_search:
+                raise ValueError(f'{name} is a kind of observable search: it needs '
+                                 'observable_search=True')
+        if far_search and short_sweep:
+            raise ValueError('far_search and short_sweep are two different searches: '
+                             'choose one')
         for name, value in (('see_range_m', see_range_m), ('advance_m', advance_m)):
             if not value > 0.0:  # also refuses NaN; inf means "no limit" for the range
                 raise ValueError(f'{name} must be a positive number of metres, got {value!r}')
@@ -112,6 +137,11 @@ class ExpertPolicy:
         # sweep run out), turn on the spot the way the last command turned (True), or toward
         # the target by ground truth (False, the default: as the shipped checkpoint's labels)
         self.reacquire_by_command = reacquire_by_command
+        # the sweep's reach each way (deg); a search done once both sides are nearly reached;
+        # far targets after the search steered toward in arcs (m; None: never)
+        self.short_sweep = short_sweep
+        self.sweep_deg = _SHORT_SWEEP_DEG if short_sweep else _SWEEP_LEFT_DEG
+        self.far_arcs_m = _FAR_ARCS_M if short_sweep else None
         self._task: Optional[Task] = None
         self._world = None
         self._search_done = False
@@ -126,6 +156,9 @@ class ExpertPolicy:
         self._target = task.target(world.scene) if isinstance(task, GotoTask) else None
         self._cumulative_yaw = 0.0
         self._last_yaw = 0.0
+        # the farthest the robot has turned left and right since the instruction (deg)
+        self._swept_left = 0.0
+        self._swept_right = 0.0
         self._search_done = False
         self._seen = False
         self._phase = _SWEEP
@@ -138,6 +171,9 @@ class ExpertPolicy:
         yaw = obs.odom[2]
         self._cumulative_yaw += wrap_angle(yaw - self._last_yaw)
         self._last_yaw = yaw
+        swept = math.degrees(self._cumulative_yaw)
+        self._swept_left = max(self._swept_left, swept)
+        self._swept_right = min(self._swept_right, swept)
         task = self._task
         self.last_rule = 'not_goto'
         if isinstance(task, StopTask):
@@ -187,6 +223,12 @@ class ExpertPolicy:
                 if search is not None:
                     return search
         action = self._steer(self._clear_heading(pose, math.atan2(ty, tx), distance))
+        if self.far_arcs_m is not None and distance > self.far_arcs_m and \
+                action in _TURNS_IN_PLACE and \
+                (self._search_done or math.hypot(odom[0], odom[1]) > _DRIVEN_M):
+            # Too far for the learner's map: turn while driving on, so that a learner which
+            # cannot tell which way copies "close in" rather than "turn on the spot".
+            return _ARC_OF_TURN[action]
         if self.reacquire_by_command and self.last_rule == 'ground_truth' and \
                 action in _TURNS_IN_PLACE and not self._target_in_cone(pose):
             # The target is out of the camera's cone (lost on the way, or the sweep has run
@@ -243,9 +285,11 @@ class ExpertPolicy:
     def _search(self, odom) -> Optional[str]:
         """Return the camera-only search move while the target is out of view, or None."""
         swept = math.degrees(self._cumulative_yaw)
-        if swept <= _SWEEP_RIGHT_DEG:
+        if swept <= -self.sweep_deg or (self.short_sweep and self._swept_left >= self.sweep_deg -
+                                        _SWEEP_DONE_SLACK_DEG and self._swept_right <=
+                                        _SWEEP_DONE_SLACK_DEG - self.sweep_deg):
             # Every start bearing has been in view (the target is hidden behind another
-            # object): from now on use what the expert knows.
+            # object, or too far for the camera): from now on use what the expert knows.
             self._search_done = True
         if self._search_done:
             return None
@@ -266,7 +310,7 @@ class ExpertPolicy:
             turning_right = odom[4] < -_TURNING_RADPS
         if turning_right:
             return 'turn_right'  # the sweep has turned right: go on
-        return 'turn_left' if swept < _SWEEP_LEFT_DEG else 'turn_right'
+        return 'turn_left' if swept < self.sweep_deg else 'turn_right'
 
     def _far_search(self, odom, pose) -> Optional[str]:
         """
@@ -341,7 +385,8 @@ class ExpertRules:
     """
     Which goto rules the labelling expert follows (gen-data's trajectories, DAgger's labels).
 
-    `far_search`: `ExpertPolicy(far_search=True)`. `observable_turns` (off by default, as the
+    `far_search`: `ExpertPolicy(far_search=True)`; `short_sweep`: `ExpertPolicy(
+    short_sweep=True)` (not with `far_search`). `observable_turns` (off by default, as the
     shipped checkpoint was trained; tried in the twenty-sixth session, docs/TRAINING.md): the
     sweep goes on turning right while the last command turned right, not while the measured
     yaw rate does, and a target out of the camera's cone after the search is turned back to
@@ -351,7 +396,14 @@ class ExpertRules:
 
     far_search: bool = False
     observable_turns: bool = False
+    short_sweep: bool = False
+
+    def __post_init__(self):
+        if self.far_search and self.short_sweep:
+            raise ValueError('the far search and the short sweep are two different searches: '
+                             'choose one')
 
     def policy(self) -> ExpertPolicy:
         return ExpertPolicy(far_search=self.far_search, sweep_by_command=self.observable_turns,
-                            reacquire_by_command=self.observable_turns)
+                            reacquire_by_command=self.observable_turns,
+                            short_sweep=self.short_sweep)

@@ -78,6 +78,9 @@ class GenDataConfig:
     expert_far_search: bool = False
     # the expert's turns a camera-only learner can copy (`ExpertRules.observable_turns`)
     expert_observable_turns: bool = False
+    # the expert's short sweep, after which far targets are closed in on in arcs
+    # (`ExpertRules.short_sweep`)
+    expert_short_sweep: bool = False
 
     def __post_init__(self):
         for name in ('caption_scenes', 'trajectory_scenes'):
@@ -97,7 +100,8 @@ class GenDataConfig:
     @property
     def expert_rules(self) -> ExpertRules:
         return ExpertRules(far_search=self.expert_far_search,
-                           observable_turns=self.expert_observable_turns)
+                           observable_turns=self.expert_observable_turns,
+                           short_sweep=self.expert_short_sweep)
 
     def shard_count(self, kind: str) -> int:
         scenes = self.caption_scenes if kind == 'captions' else self.trajectory_scenes
@@ -207,7 +211,7 @@ def check_expert_labels(roots, rules: ExpertRules) -> None:
 
     `roots` are gen-data directories (others, without a gen-data manifest, are skipped);
     `rules` are the DAgger expert's (`finetune --expert-far-search`,
-    `--expert-observable-turns`).
+    `--expert-observable-turns`, `--expert-short-sweep`).
     """
     for root in roots:
         path = Path(root) / MANIFEST
@@ -216,11 +220,13 @@ def check_expert_labels(roots, rules: ExpertRules) -> None:
             continue
         made = made_with(config)
         labelled = ExpertRules(far_search=bool(made['expert_far_search']),
-                               observable_turns=bool(made['expert_observable_turns']))
+                               observable_turns=bool(made['expert_observable_turns']),
+                               short_sweep=bool(made['expert_short_sweep']))
         if labelled != rules:
             raise ValueError(f'{root} was labelled by the expert with {labelled} and DAgger '
-                             f'would label with {rules}: give finetune --expert-far-search '
-                             'and --expert-observable-turns exactly when gen-data had them')
+                             f'would label with {rules}: give finetune --expert-far-search, '
+                             '--expert-observable-turns and --expert-short-sweep exactly when '
+                             'gen-data had them')
 
 
 def _exit_with_parent(parent_pid: int, period: float = 1.0) -> None:
@@ -348,6 +354,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the expert's sweep and its turn back to a target out of view "
                              'after the search follow the last command, which the learner '
                              'reads, not the measured yaw rate and ground truth')
+    parser.add_argument('--expert-short-sweep', action='store_true',
+                        help='the expert sweeps 60 degrees each way (not 95), counts the '
+                             'search done once both sides are nearly reached, and after it '
+                             'closes in on a target beyond 3 m in arcs, not turns on the spot')
     parser.add_argument('--workers', type=int, default=1, help='parallel processes')
     parser.add_argument('--visual-genome', default=None, metavar='DIR',
                         help='instead of rendering, convert Visual Genome region descriptions '
@@ -373,7 +383,8 @@ def run(args: argparse.Namespace) -> int:
                 scenes_per_shard=args.scenes_per_shard, noise=args.noise,
                 overshoot=args.overshoot,
                 seed_base=args.seed_base, expert_far_search=args.expert_far_search,
-                expert_observable_turns=args.expert_observable_turns)
+                expert_observable_turns=args.expert_observable_turns,
+                expert_short_sweep=args.expert_short_sweep)
             manifest = generate(Path(args.out), config, workers=max(1, args.workers),
                                 progress=not args.quiet)
     except ValueError as exc:

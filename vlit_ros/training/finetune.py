@@ -653,6 +653,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--expert-observable-turns', action='store_true',
                         help="DAgger's expert turns the way the last command turned (as "
                              'gen-data --expert-observable-turns; give both the same)')
+    parser.add_argument('--expert-short-sweep', action='store_true',
+                        help="DAgger's expert labels with its short sweep (as gen-data "
+                             '--expert-short-sweep; give both the same)')
     parser.add_argument('--eval-episodes', type=int, default=100,
                         help='episodes of the closing evaluation (default: 100; 0: none)')
 
@@ -660,7 +663,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def expert_rules(args: argparse.Namespace) -> ExpertRules:
     """Return the DAgger expert's rules from finetune's options."""
     return ExpertRules(far_search=args.expert_far_search,
-                       observable_turns=args.expert_observable_turns)
+                       observable_turns=args.expert_observable_turns,
+                       short_sweep=args.expert_short_sweep)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -99,6 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gen-data's and DAgger's expert sweep and turn back to a target "
                              'out of view the way the last command turned (gen-data / '
                              'finetune --expert-observable-turns)')
+    parser.add_argument('--expert-short-sweep', action='store_true',
+                        help="gen-data's and DAgger's expert sweep 60 degrees each way and "
+                             'then close in on a far target in arcs (gen-data / finetune '
+                             '--expert-short-sweep)')
     parser.add_argument('--polish-steps', type=int, default=POLISH_STEPS,
                         help='after DAgger: behaviour cloning from its result on the expert '
                              'data plus every DAgger round, at a lower learning rate '
@@ -130,7 +134,8 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
               '--text-attributes-weight', str(args.text_attributes_weight),
               '--paraphrase', str(args.paraphrase)]
     expert_options = (['--expert-far-search'] if args.expert_far_search else []) + \
-        (['--expert-observable-turns'] if args.expert_observable_turns else [])
+        (['--expert-observable-turns'] if args.expert_observable_turns else []) + \
+        (['--expert-short-sweep'] if args.expert_short_sweep else [])
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                ([] if args.trajectory_scenes is None else
                 ['--trajectory-scenes', str(args.trajectory_scenes)]) +
