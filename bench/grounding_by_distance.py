@@ -11,8 +11,10 @@ The grounding map by target distance: how far away does it still find the named 
 Draws goto frames of the expert trajectories in a gen-data directory (seeded), runs the
 checkpoint's grounding map on each with its instruction, and reports per distance band of
 the target: how often the map's highest probability on a patch the target touches is 0.5 or
-more ("found"), its median there, and how often a patch the target does not touch is at 0.5
-or more ("false alarm"); then the false alarms on frames without the target in view. The
+more ("found"), its median there, how often that is the highest probability of the whole
+map ("highest on it": the map points at the target, however unsure), and how often a patch
+the target does not touch is at 0.5 or more ("false alarm"); then, on frames without the
+target in view, the false alarms and the median of the map's highest probability. The
 goto diagnostics (`goto_diagnostics.py`) judge whole rollouts; this tells whether a failure
 to go for a far target starts in the map. `--zoom-map` scores the map merged with a 2x
 zoom of the image centre, as `vlit-ros eval --zoom-map` acts on it (`core.model.zoom`).

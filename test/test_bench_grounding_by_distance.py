@@ -36,14 +36,19 @@ def test_by_distance_counts_found_targets_and_false_alarms_per_band(bench):
     summary = bench.by_distance(probabilities, boxes, distances, grid)
     bands = {(b['from_m'], b['to_m']): b for b in summary['bands']}
     assert bands[(0.0, 1.0)] == {'from_m': 0.0, 'to_m': 1.0, 'frames': 1, 'found': 1.0,
-                                 'median_on_target': 0.9, 'false_alarm': 0.0}
+                                 'median_on_target': 0.9, 'ranked_first': 1.0,
+                                 'false_alarm': 0.0}
     assert bands[(2.0, 2.5)]['frames'] == 2 and bands[(2.0, 2.5)]['found'] == 0.5
     assert bands[(2.0, 2.5)]['false_alarm'] == 0.5
+    # At 2.2 m the false alarm outranks the target; at 2.4 m the target is the map's highest.
+    assert bands[(2.0, 2.5)]['ranked_first'] == 0.5
+    assert summary['median_max_target_absent'] == pytest.approx(0.8)
     assert bands[(3.0, 4.0)]['frames'] == 0 and bands[(3.0, 4.0)]['found'] is None
     assert summary['frames_target_shown'] == 3 and summary['frames_target_absent'] == 1
     assert summary['false_alarm_target_absent'] == 1.0
     table = bench.format_table(summary, 'title')
-    assert '| 2-2.5 m | 2 | 50% |' in table and '| 3-4 m | 0 | - |' in table
+    assert '| 2-2.5 m | 2 | 50% | 0.40 | 50% | 50% |' in table and '| 3-4 m | 0 | - |' in table
+    assert 'highest 0.80' in table
 
 
 def test_runs_on_generated_data_with_the_shipped_checkpoint(bench, tmp_path, capsys):
