@@ -12,7 +12,7 @@ success, in how many episodes its camera-only search ran out and it fell back on
 (`ExpertPolicy.search_exhausted`), the median and mean episode length in steps, and how often
 per episode it changed turning direction (left to right or back): what a learner copying it
 has to get right. `--far-search` measures the expert of `--expert-far-search` instead, and
-`--short-sweep` that of `--expert-short-sweep`.
+`--short-sweep` and `--far-arcs` those of `--expert-short-sweep` and `--expert-far-arcs`.
 """
 
 import argparse
@@ -36,7 +36,8 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False,
                       see_range_m: float = DEFAULT_SEE_RANGE_M,
                       advance_m: float = DEFAULT_ADVANCE_M,
                       sweep_by_command: bool = False,
-                      reacquire_by_command: bool = False, short_sweep: bool = False) -> dict:
+                      reacquire_by_command: bool = False, short_sweep: bool = False,
+                      far_arcs: bool = False) -> dict:
     """Run the expert on `episodes` goto episodes from scene seed `seed`; return the figures."""
     if episodes < 1:
         raise ValueError(f'--episodes must be at least 1, got {episodes}')
@@ -47,7 +48,7 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False,
             expert = ExpertPolicy(far_search=far_search, see_range_m=see_range_m,
                                   advance_m=advance_m, sweep_by_command=sweep_by_command,
                                   reacquire_by_command=reacquire_by_command,
-                                  short_sweep=short_sweep)
+                                  short_sweep=short_sweep, far_arcs=far_arcs)
             result = run_episode(world, expert, spec)
             turns = [a for a in result.actions if a in _TURNS]
             successes += int(result.success)
@@ -57,7 +58,7 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False,
             flips.append(sum(a != b for a, b in zip(turns, turns[1:])))
     far = {'see_range_m': see_range_m, 'advance_m': advance_m} if far_search else {}
     return {'episodes': episodes, 'seed': seed, 'far_search': far_search, **far,
-            'short_sweep': short_sweep,
+            'short_sweep': short_sweep, 'far_arcs': far_arcs,
             'sweep_rule': 'command' if sweep_by_command else 'yaw_rate',
             'reacquire': 'command' if reacquire_by_command else 'ground_truth',
             'success': successes,
@@ -86,12 +87,14 @@ def main(argv=None) -> int:
                              'last command turned, not toward it by ground truth')
     parser.add_argument('--short-sweep', action='store_true',
                         help='the short sweep of gen-data / train-all --expert-short-sweep')
+    parser.add_argument('--far-arcs', action='store_true',
+                        help='the arcs of gen-data / train-all --expert-far-arcs')
     args = parser.parse_args(argv)
     try:
         figures = search_statistics(args.episodes, args.seed, args.far_search,
                                     args.see_range, args.advance,
                                     args.sweep_by_command, args.reacquire_by_command,
-                                    args.short_sweep)
+                                    args.short_sweep, args.far_arcs)
     except ValueError as exc:
         print(f'expert_search: error: {exc}', file=sys.stderr)
         return 2

@@ -97,26 +97,32 @@ def test_the_short_sweep_is_done_once_both_sides_are_nearly_reached():
 def test_after_the_short_sweep_a_far_target_is_closed_in_on_in_arcs():
     sweep = ['turn_left'] * 12 + ['turn_right'] * 26 + ['turn_left'] * 2
     # 3.2 m behind: beyond 3 m, so an arc instead of a turn on the spot.
-    label, rule = _drive(-3.2, 0.3, sweep, short_sweep=True)
+    label, rule = _drive(-3.2, 0.3, sweep, short_sweep=True, far_arcs=True)
     assert rule == 'ground_truth' and label in ('forward_left', 'forward_right')
+    # Without the arcs, the turn on the spot.
+    assert _drive(-3.2, 0.3, sweep, short_sweep=True)[0] in ('turn_left', 'turn_right')
     # 2 m behind: near enough for the map, so the turn on the spot stays.
-    assert _drive(-2.0, 0.0, sweep, short_sweep=True)[0] in ('turn_left', 'turn_right')
+    assert _drive(-2.0, 0.0, sweep, short_sweep=True, far_arcs=True)[0] in \
+        ('turn_left', 'turn_right')
     # Before the search and without having driven, a far target in view is turned to as
     # before (3.8 m away, 32 degrees left).
-    assert _drive(3.2, 2.0, [], short_sweep=True) == ('turn_left', 'in_view')
+    assert _drive(3.2, 2.0, [], short_sweep=True, far_arcs=True) == ('turn_left', 'in_view')
     assert _drive(3.2, 2.0, []) == ('turn_left', 'in_view')
 
 
 def test_the_short_sweep_and_the_far_search_are_not_combined():
-    with pytest.raises(ValueError, match='choose one'):
-        ExpertRules(far_search=True, short_sweep=True)
-    with pytest.raises(ValueError, match='choose one'):
-        ExpertPolicy(far_search=True, short_sweep=True)
-    with pytest.raises(ValueError, match='observable_search'):
-        ExpertPolicy(observable_search=False, short_sweep=True)
+    for rules in ({'short_sweep': True}, {'far_arcs': True}):
+        with pytest.raises(ValueError, match='search of its own'):
+            ExpertRules(far_search=True, **rules)
+        with pytest.raises(ValueError, match='search of its own'):
+            ExpertPolicy(far_search=True, **rules)
+        with pytest.raises(ValueError, match='observable_search'):
+            ExpertPolicy(observable_search=False, **rules)
     expert = ExpertRules(short_sweep=True).policy()
-    assert expert.short_sweep and expert.sweep_deg == 60.0 and expert.far_arcs_m == 3.0
-    assert not ExpertRules().policy().short_sweep and ExpertRules().policy().far_arcs_m is None
+    assert expert.short_sweep and expert.sweep_deg == 60.0 and expert.far_arcs_m is None
+    assert ExpertRules(far_arcs=True).policy().far_arcs_m == 3.0
+    default = ExpertRules().policy()
+    assert not default.short_sweep and default.sweep_deg == 95.0 and default.far_arcs_m is None
 
 
 def test_the_expert_with_the_short_sweep_still_solves_goto():

@@ -259,7 +259,7 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
     # manifest are not asked).
     check_expert_labels([tmp_path / 'a', tmp_path], ExpertRules())
     for other in (ExpertRules(far_search=True), ExpertRules(observable_turns=True),
-                  ExpertRules(short_sweep=True)):
+                  ExpertRules(short_sweep=True), ExpertRules(far_arcs=True)):
         with pytest.raises(ValueError, match='exactly when gen-data had them'):
             check_expert_labels([tmp_path / 'a'], other)
     turns = replace(TINY, expert_observable_turns=True)
@@ -270,6 +270,7 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
     # A directory made before the setting existed was labelled with the default turns.
     del old['config']['expert_observable_turns']
     del old['config']['expert_short_sweep']
+    del old['config']['expert_far_arcs']
     manifest_path.write_text(json.dumps(old))
     check_expert_labels([tmp_path / 'a'], ExpertRules())
 

@@ -338,6 +338,11 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     assert all('--expert-short-sweep' in short[name] for name in ('gen-data', 'finetune'))
     assert '--expert-short-sweep' not in short['polish']
     assert all('--expert-short-sweep' not in a for a in stages.values())
+    arcs = {name: a for name, _, a in
+            train_all.plan_stages(parser.parse_args(argv + ['--expert-far-arcs']))}
+    assert all('--expert-far-arcs' in arcs[name] for name in ('gen-data', 'finetune'))
+    assert '--expert-far-arcs' not in arcs['polish'] and '--expert-short-sweep' not in \
+        arcs['gen-data']
     # The grounding labels and attribute weights are the same in both stages that train the
     # map; a weight not given is the shipped checkpoint's (finetune's default).
     for name in ('finetune', 'polish'):

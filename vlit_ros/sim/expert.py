@@ -27,15 +27,15 @@ after the second sweep does the expert fall back on what it knows.
 With `short_sweep` (off by default; gen-data / finetune / train-all --expert-short-sweep) the
 sweep turns `sweep_deg` (60) each way instead of 95, which still brings every start bearing
 into view (objects start within 75 degrees of the heading, the camera sees 45 to either
-side); the search counts as done once the robot has turned at least `sweep_deg` less
-`_SWEEP_DONE_SLACK_DEG` to both sides, whichever way and however often it reversed (a
+side), and the search counts as done once the robot has turned at least `sweep_deg` less
+`_SWEEP_DONE_SLACK_DEG` to both sides, whichever way and however often it reversed: a
 learner that turns back a little early is then told the search is over, instead of being
-labelled into a new sweep, which is how a learner came to sweep on the spot for 40 s); and,
-once the search is done or the robot has driven, a target farther than `far_arcs_m` (3 m) is
-steered toward in arcs, never by turning on the spot. Beyond 3 m the learner's map rarely
-finds the target, so what it learns to copy there is the labels' average, and the average
-of arcs to either side is to drive on and close in, where the average of turns on the spot
-is to stay.
+labelled into a new sweep, which is how a learner came to sweep on the spot for 40 s. With
+`far_arcs` (off by default; --expert-far-arcs), once the search is done or the robot has
+driven, a target farther than `far_arcs_m` (3 m) is steered toward in arcs, never by turning
+on the spot. Beyond 3 m the learner's map rarely finds the target, so what it learns to copy
+there is the labels' average, and the average of arcs to either side is to drive on and
+close in, where the average of turns on the spot is to stay.
 
 Two turns of the default expert follow what the learner does not read: the sweep goes on
 turning right while the measured yaw rate turns right (it lags the command), and a target out
@@ -113,14 +113,15 @@ class ExpertPolicy:
                  observable_search: bool = True, far_search: bool = False,
                  see_range_m: float = _SEE_RANGE_M, advance_m: float = _ADVANCE_M,
                  sweep_by_command: bool = False, reacquire_by_command: bool = False,
-                 short_sweep: bool = False):
-        for name, flag in (('far_search', far_search), ('short_sweep', short_sweep)):
+                 short_sweep: bool = False, far_arcs: bool = False):
+        for name, flag in (('far_search', far_search), ('short_sweep', short_sweep),
+                           ('far_arcs', far_arcs)):
             if flag and not observable_search:
                 raise ValueError(f'{name} is a kind of observable search: it needs '
                                  'observable_search=True')
-        if far_search and short_sweep:
-            raise ValueError('far_search and short_sweep are two different searches: '
-                             'choose one')
+        if far_search and (short_sweep or far_arcs):
+            raise ValueError('far_search is a search of its own: choose it or short_sweep '
+                             'and far_arcs')
         for name, value in (('see_range_m', see_range_m), ('advance_m', advance_m)):
             if not value > 0.0:  # also refuses NaN; inf means "no limit" for the range
                 raise ValueError(f'{name} must be a positive number of metres, got {value!r}')
@@ -141,7 +142,7 @@ class ExpertPolicy:
         # far targets after the search steered toward in arcs (m; None: never)
         self.short_sweep = short_sweep
         self.sweep_deg = _SHORT_SWEEP_DEG if short_sweep else _SWEEP_LEFT_DEG
-        self.far_arcs_m = _FAR_ARCS_M if short_sweep else None
+        self.far_arcs_m = _FAR_ARCS_M if far_arcs else None
         self._task: Optional[Task] = None
         self._world = None
         self._search_done = False
@@ -386,7 +387,8 @@ class ExpertRules:
     Which goto rules the labelling expert follows (gen-data's trajectories, DAgger's labels).
 
     `far_search`: `ExpertPolicy(far_search=True)`; `short_sweep`: `ExpertPolicy(
-    short_sweep=True)` (not with `far_search`). `observable_turns` (off by default, as the
+    short_sweep=True)` and `far_arcs`: `ExpertPolicy(far_arcs=True)` (neither with
+    `far_search`). `observable_turns` (off by default, as the
     shipped checkpoint was trained; tried in the twenty-sixth session, docs/TRAINING.md): the
     sweep goes on turning right while the last command turned right, not while the measured
     yaw rate does, and a target out of the camera's cone after the search is turned back to
@@ -397,13 +399,14 @@ class ExpertRules:
     far_search: bool = False
     observable_turns: bool = False
     short_sweep: bool = False
+    far_arcs: bool = False
 
     def __post_init__(self):
-        if self.far_search and self.short_sweep:
-            raise ValueError('the far search and the short sweep are two different searches: '
-                             'choose one')
+        if self.far_search and (self.short_sweep or self.far_arcs):
+            raise ValueError('the far search is a search of its own: choose it or the short '
+                             'sweep and the far arcs')
 
     def policy(self) -> ExpertPolicy:
         return ExpertPolicy(far_search=self.far_search, sweep_by_command=self.observable_turns,
                             reacquire_by_command=self.observable_turns,
-                            short_sweep=self.short_sweep)
+                            short_sweep=self.short_sweep, far_arcs=self.far_arcs)

@@ -78,9 +78,10 @@ class GenDataConfig:
     expert_far_search: bool = False
     # the expert's turns a camera-only learner can copy (`ExpertRules.observable_turns`)
     expert_observable_turns: bool = False
-    # the expert's short sweep, after which far targets are closed in on in arcs
-    # (`ExpertRules.short_sweep`)
+    # the expert's short sweep (`ExpertRules.short_sweep`)
     expert_short_sweep: bool = False
+    # far targets closed in on in arcs after the search (`ExpertRules.far_arcs`)
+    expert_far_arcs: bool = False
 
     def __post_init__(self):
         for name in ('caption_scenes', 'trajectory_scenes'):
@@ -101,7 +102,8 @@ class GenDataConfig:
     def expert_rules(self) -> ExpertRules:
         return ExpertRules(far_search=self.expert_far_search,
                            observable_turns=self.expert_observable_turns,
-                           short_sweep=self.expert_short_sweep)
+                           short_sweep=self.expert_short_sweep,
+                           far_arcs=self.expert_far_arcs)
 
     def shard_count(self, kind: str) -> int:
         scenes = self.caption_scenes if kind == 'captions' else self.trajectory_scenes
@@ -211,7 +213,7 @@ def check_expert_labels(roots, rules: ExpertRules) -> None:
 
     `roots` are gen-data directories (others, without a gen-data manifest, are skipped);
     `rules` are the DAgger expert's (`finetune --expert-far-search`,
-    `--expert-observable-turns`, `--expert-short-sweep`).
+    `--expert-observable-turns`, `--expert-short-sweep`, `--expert-far-arcs`).
     """
     for root in roots:
         path = Path(root) / MANIFEST
@@ -221,12 +223,12 @@ def check_expert_labels(roots, rules: ExpertRules) -> None:
         made = made_with(config)
         labelled = ExpertRules(far_search=bool(made['expert_far_search']),
                                observable_turns=bool(made['expert_observable_turns']),
-                               short_sweep=bool(made['expert_short_sweep']))
+                               short_sweep=bool(made['expert_short_sweep']),
+                               far_arcs=bool(made['expert_far_arcs']))
         if labelled != rules:
             raise ValueError(f'{root} was labelled by the expert with {labelled} and DAgger '
-                             f'would label with {rules}: give finetune --expert-far-search, '
-                             '--expert-observable-turns and --expert-short-sweep exactly when '
-                             'gen-data had them')
+                             f'would label with {rules}: give finetune the --expert-... '
+                             'options exactly when gen-data had them')
 
 
 def _exit_with_parent(parent_pid: int, period: float = 1.0) -> None:
@@ -355,9 +357,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'after the search follow the last command, which the learner '
                              'reads, not the measured yaw rate and ground truth')
     parser.add_argument('--expert-short-sweep', action='store_true',
-                        help='the expert sweeps 60 degrees each way (not 95), counts the '
-                             'search done once both sides are nearly reached, and after it '
-                             'closes in on a target beyond 3 m in arcs, not turns on the spot')
+                        help='the expert sweeps 60 degrees each way (not 95) and counts the '
+                             'search done once both sides are nearly reached')
+    parser.add_argument('--expert-far-arcs', action='store_true',
+                        help='after the search the expert closes in on a target beyond 3 m in '
+                             'arcs, not turns on the spot')
     parser.add_argument('--workers', type=int, default=1, help='parallel processes')
     parser.add_argument('--visual-genome', default=None, metavar='DIR',
                         help='instead of rendering, convert Visual Genome region descriptions '
@@ -384,7 +388,8 @@ def run(args: argparse.Namespace) -> int:
                 overshoot=args.overshoot,
                 seed_base=args.seed_base, expert_far_search=args.expert_far_search,
                 expert_observable_turns=args.expert_observable_turns,
-                expert_short_sweep=args.expert_short_sweep)
+                expert_short_sweep=args.expert_short_sweep,
+                expert_far_arcs=args.expert_far_arcs)
             manifest = generate(Path(args.out), config, workers=max(1, args.workers),
                                 progress=not args.quiet)
     except ValueError as exc:

@@ -656,6 +656,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--expert-short-sweep', action='store_true',
                         help="DAgger's expert labels with its short sweep (as gen-data "
                              '--expert-short-sweep; give both the same)')
+    parser.add_argument('--expert-far-arcs', action='store_true',
+                        help="DAgger's expert closes in on far targets in arcs (as gen-data "
+                             '--expert-far-arcs; give both the same)')
     parser.add_argument('--eval-episodes', type=int, default=100,
                         help='episodes of the closing evaluation (default: 100; 0: none)')
 
@@ -664,7 +667,8 @@ def expert_rules(args: argparse.Namespace) -> ExpertRules:
     """Return the DAgger expert's rules from finetune's options."""
     return ExpertRules(far_search=args.expert_far_search,
                        observable_turns=args.expert_observable_turns,
-                       short_sweep=args.expert_short_sweep)
+                       short_sweep=args.expert_short_sweep,
+                       far_arcs=args.expert_far_arcs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -100,9 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'out of view the way the last command turned (gen-data / '
                              'finetune --expert-observable-turns)')
     parser.add_argument('--expert-short-sweep', action='store_true',
-                        help="gen-data's and DAgger's expert sweep 60 degrees each way and "
-                             'then close in on a far target in arcs (gen-data / finetune '
-                             '--expert-short-sweep)')
+                        help="gen-data's and DAgger's expert sweep 60 degrees each way "
+                             '(gen-data / finetune --expert-short-sweep)')
+    parser.add_argument('--expert-far-arcs', action='store_true',
+                        help="gen-data's and DAgger's expert close in on a target beyond 3 m "
+                             'in arcs after the search (gen-data / finetune --expert-far-arcs)')
     parser.add_argument('--polish-steps', type=int, default=POLISH_STEPS,
                         help='after DAgger: behaviour cloning from its result on the expert '
                              'data plus every DAgger round, at a lower learning rate '
@@ -135,7 +137,8 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
               '--paraphrase', str(args.paraphrase)]
     expert_options = (['--expert-far-search'] if args.expert_far_search else []) + \
         (['--expert-observable-turns'] if args.expert_observable_turns else []) + \
-        (['--expert-short-sweep'] if args.expert_short_sweep else [])
+        (['--expert-short-sweep'] if args.expert_short_sweep else []) + \
+        (['--expert-far-arcs'] if args.expert_far_arcs else [])
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                ([] if args.trajectory_scenes is None else
                 ['--trajectory-scenes', str(args.trajectory_scenes)]) +
