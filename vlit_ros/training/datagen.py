@@ -18,7 +18,7 @@ number of workers, and an interrupted run resumes by skipping the shards already
 
 import argparse
 from concurrent.futures import as_completed, ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 import multiprocessing
 import os
 from pathlib import Path
@@ -100,10 +100,7 @@ class GenDataConfig:
 
     @property
     def expert_rules(self) -> ExpertRules:
-        return ExpertRules(far_search=self.expert_far_search,
-                           observable_turns=self.expert_observable_turns,
-                           short_sweep=self.expert_short_sweep,
-                           far_arcs=self.expert_far_arcs)
+        return expert_rules_of(self)
 
     def shard_count(self, kind: str) -> int:
         scenes = self.caption_scenes if kind == 'captions' else self.trajectory_scenes
@@ -207,6 +204,40 @@ def made_with(config: dict) -> dict:
     return {**asdict(GenDataConfig()), **config}
 
 
+# The expert's goto rules (`ExpertRules`, off by default) as options of gen-data, finetune and
+# train-all, each `--expert-` and the rule's name: what the rule does.
+EXPERT_OPTIONS = {
+    'far_search': 'its far search (targets beyond what the map finds count as unseen, and an '
+                  'empty sweep is followed by driving ahead and sweeping again)',
+    'observable_turns': 'turns that follow the last command, which the learner reads (the '
+                        'sweep, and the turn back to a target out of view after the search), '
+                        'not the measured yaw rate and ground truth',
+    'short_sweep': 'a sweep of 60 degrees each way (not 95), done once both sides are nearly '
+                   'reached',
+    'far_arcs': 'arcs that close in on a target beyond 3 m after the search, instead of turns '
+                'on the spot',
+}
+
+
+def add_expert_arguments(parser: argparse.ArgumentParser, whose: str) -> None:
+    """Add `--expert-RULE` for every rule of `EXPERT_OPTIONS`; `whose` begins each help."""
+    for rule, what in EXPERT_OPTIONS.items():
+        parser.add_argument('--expert-' + rule.replace('_', '-'), action='store_true',
+                            help=f'{whose} {what}')
+
+
+def expert_rules_of(options) -> ExpertRules:
+    """Return the rules of parsed options or a `GenDataConfig` (`expert_RULE` attributes)."""
+    return ExpertRules(**{rule.name: bool(getattr(options, 'expert_' + rule.name))
+                          for rule in fields(ExpertRules)})
+
+
+def expert_flags(options) -> List[str]:
+    """Return the `--expert-RULE` options that give parsed options' rules to another stage."""
+    return ['--expert-' + rule.name.replace('_', '-') for rule in fields(ExpertRules)
+            if getattr(options, 'expert_' + rule.name)]
+
+
 def check_expert_labels(roots, rules: ExpertRules) -> None:
     """
     Refuse DAgger labels from another expert than the one that labelled the data.
@@ -221,10 +252,8 @@ def check_expert_labels(roots, rules: ExpertRules) -> None:
         if not isinstance(config, dict) or 'trajectory_scenes' not in config:
             continue
         made = made_with(config)
-        labelled = ExpertRules(far_search=bool(made['expert_far_search']),
-                               observable_turns=bool(made['expert_observable_turns']),
-                               short_sweep=bool(made['expert_short_sweep']),
-                               far_arcs=bool(made['expert_far_arcs']))
+        labelled = ExpertRules(**{rule.name: bool(made['expert_' + rule.name])
+                                  for rule in fields(ExpertRules)})
         if labelled != rules:
             raise ValueError(f'{root} was labelled by the expert with {labelled} and DAgger '
                              f'would label with {rules}: give finetune the --expert-... '
@@ -348,20 +377,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed-base', type=int, default=defaults.seed_base,
                         help=f'first scene seed, >= {TRAINING_SEED_BASE} '
                              f'(default: {defaults.seed_base})')
-    parser.add_argument('--expert-far-search', action='store_true',
-                        help="label goto with the expert's far search: targets beyond what "
-                             'the map finds count as unseen, and an empty sweep is followed by '
-                             'driving ahead and sweeping again')
-    parser.add_argument('--expert-observable-turns', action='store_true',
-                        help="the expert's sweep and its turn back to a target out of view "
-                             'after the search follow the last command, which the learner '
-                             'reads, not the measured yaw rate and ground truth')
-    parser.add_argument('--expert-short-sweep', action='store_true',
-                        help='the expert sweeps 60 degrees each way (not 95) and counts the '
-                             'search done once both sides are nearly reached')
-    parser.add_argument('--expert-far-arcs', action='store_true',
-                        help='after the search the expert closes in on a target beyond 3 m in '
-                             'arcs, not turns on the spot')
+    add_expert_arguments(parser, 'the expert labels goto with')
     parser.add_argument('--workers', type=int, default=1, help='parallel processes')
     parser.add_argument('--visual-genome', default=None, metavar='DIR',
                         help='instead of rendering, convert Visual Genome region descriptions '
@@ -386,10 +402,9 @@ def run(args: argparse.Namespace) -> int:
                 episodes_per_scene=args.episodes_per_scene,
                 scenes_per_shard=args.scenes_per_shard, noise=args.noise,
                 overshoot=args.overshoot,
-                seed_base=args.seed_base, expert_far_search=args.expert_far_search,
-                expert_observable_turns=args.expert_observable_turns,
-                expert_short_sweep=args.expert_short_sweep,
-                expert_far_arcs=args.expert_far_arcs)
+                seed_base=args.seed_base,
+                **{'expert_' + rule.name: getattr(args, 'expert_' + rule.name)
+                   for rule in fields(ExpertRules)})
             manifest = generate(Path(args.out), config, workers=max(1, args.workers),
                                 progress=not args.quiet)
     except ValueError as exc:

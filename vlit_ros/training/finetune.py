@@ -81,7 +81,8 @@ from vlit_ros.sim.expert import ExpertRules
 from vlit_ros.sim.scene import Scene
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training import loop
-from vlit_ros.training.datagen import check_expert_labels, FAMILY_PLAN
+from vlit_ros.training.datagen import (add_expert_arguments, check_expert_labels,
+                                       expert_rules_of, FAMILY_PLAN)
 from vlit_ros.training.datasets import (ATTRIBUTE_CLASSES, AUXILIARY_TARGETS, GROUNDING_LABELS,
                                         grounding_labels, IGNORE_LABEL, patch_attribute_labels,
                                         TrajectorySet)
@@ -647,28 +648,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--dagger-temperature', type=float, default=0.0,
                         help='the learner samples its rollout actions from softmax(logits / '
                              'T), so a round visits more varied states (default: 0, greedy)')
-    parser.add_argument('--expert-far-search', action='store_true',
-                        help="DAgger's expert labels with its far search (as gen-data "
-                             '--expert-far-search; give both the same)')
-    parser.add_argument('--expert-observable-turns', action='store_true',
-                        help="DAgger's expert turns the way the last command turned (as "
-                             'gen-data --expert-observable-turns; give both the same)')
-    parser.add_argument('--expert-short-sweep', action='store_true',
-                        help="DAgger's expert labels with its short sweep (as gen-data "
-                             '--expert-short-sweep; give both the same)')
-    parser.add_argument('--expert-far-arcs', action='store_true',
-                        help="DAgger's expert closes in on far targets in arcs (as gen-data "
-                             '--expert-far-arcs; give both the same)')
+    add_expert_arguments(parser, "DAgger's expert (give gen-data the same) labels with")
     parser.add_argument('--eval-episodes', type=int, default=100,
                         help='episodes of the closing evaluation (default: 100; 0: none)')
 
 
 def expert_rules(args: argparse.Namespace) -> ExpertRules:
     """Return the DAgger expert's rules from finetune's options."""
-    return ExpertRules(far_search=args.expert_far_search,
-                       observable_turns=args.expert_observable_turns,
-                       short_sweep=args.expert_short_sweep,
-                       far_arcs=args.expert_far_arcs)
+    return expert_rules_of(args)
 
 
 def run(args: argparse.Namespace) -> int:

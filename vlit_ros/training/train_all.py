@@ -92,19 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--dagger-temperature', type=float, default=0.0,
                         help='DAgger rollouts sample the learner at this temperature '
                              '(vlit-ros finetune --dagger-temperature; default: 0, greedy)')
-    parser.add_argument('--expert-far-search', action='store_true',
-                        help="gen-data's and DAgger's expert label goto with its far search "
-                             '(gen-data / finetune --expert-far-search)')
-    parser.add_argument('--expert-observable-turns', action='store_true',
-                        help="gen-data's and DAgger's expert sweep and turn back to a target "
-                             'out of view the way the last command turned (gen-data / '
-                             'finetune --expert-observable-turns)')
-    parser.add_argument('--expert-short-sweep', action='store_true',
-                        help="gen-data's and DAgger's expert sweep 60 degrees each way "
-                             '(gen-data / finetune --expert-short-sweep)')
-    parser.add_argument('--expert-far-arcs', action='store_true',
-                        help="gen-data's and DAgger's expert close in on a target beyond 3 m "
-                             'in arcs after the search (gen-data / finetune --expert-far-arcs)')
+    datagen.add_expert_arguments(parser, "gen-data's and DAgger's expert label goto with")
     parser.add_argument('--polish-steps', type=int, default=POLISH_STEPS,
                         help='after DAgger: behaviour cloning from its result on the expert '
                              'data plus every DAgger round, at a lower learning rate '
@@ -135,10 +123,7 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
               '--patch-attributes-weight', str(args.patch_attributes_weight),
               '--text-attributes-weight', str(args.text_attributes_weight),
               '--paraphrase', str(args.paraphrase)]
-    expert_options = (['--expert-far-search'] if args.expert_far_search else []) + \
-        (['--expert-observable-turns'] if args.expert_observable_turns else []) + \
-        (['--expert-short-sweep'] if args.expert_short_sweep else []) + \
-        (['--expert-far-arcs'] if args.expert_far_arcs else [])
+    expert_options = datagen.expert_flags(args)
     stages = [('gen-data', datagen, ['--out', str(data), '--workers', str(args.workers)] +
                ([] if args.trajectory_scenes is None else
                 ['--trajectory-scenes', str(args.trajectory_scenes)]) +
