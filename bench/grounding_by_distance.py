@@ -7,6 +7,7 @@ The grounding map by target distance: how far away does it still find the named 
     python bench/grounding_by_distance.py --data runs/data --frames 3000
     python bench/grounding_by_distance.py --data runs/data --checkpoint runs/x/polish
     python bench/grounding_by_distance.py --data runs/data --zoom-map   # + a 2x centre zoom
+    python bench/grounding_by_distance.py --data runs/dagger_data --actions   # + the executor
 
 Draws goto frames of the expert trajectories in a gen-data directory (seeded), runs the
 checkpoint's grounding map on each with its instruction, and reports per distance band of
@@ -18,6 +19,9 @@ target in view, the false alarms and the median of the map's highest probability
 goto diagnostics (`goto_diagnostics.py`) judge whole rollouts; this tells whether a failure
 to go for a far target starts in the map. `--zoom-map` scores the map merged with a 2x
 zoom of the image centre, as `vlit-ros eval --zoom-map` acts on it (`core.model.zoom`).
+`--actions` also runs the whole policy on the same frames and reports how often its greedy
+action is the expert's label, by target distance and, with the target out of view, by the
+time since the instruction (on a DAgger round's frames: the learner's own states).
 """
 
 import argparse
@@ -35,6 +39,8 @@ from vlit_ros.policies import load_grounding_model
 from vlit_ros.sim.tasks import FAMILIES
 from vlit_ros.training.datasets import AUXILIARY_TARGETS, grounding_labels, TrajectorySet
 
+# Time bands since the instruction (s) for frames without the target in view: [low, high).
+TIME_BANDS = ((0.0, 3.0), (3.0, 8.0), (8.0, 15.0), (15.0, 41.0))
 # Distance bands of the target (m): [low, high).
 BANDS = ((0.0, 1.0), (1.0, 1.5), (1.5, 2.0), (2.0, 2.5), (2.5, 3.0), (3.0, 4.0), (4.0, 10.0))
 FOUND = 0.5
@@ -54,6 +60,61 @@ def map_probabilities(model: VLITModel, data: TrajectorySet, rows: np.ndarray,
             logits = model.vlm.grounding_logits(images, texts, zoom=zoom_map)
             out.append(torch.sigmoid(logits.float()).numpy())
     return np.concatenate(out)
+
+
+def greedy_actions(model: VLITModel, data: TrajectorySet, rows: np.ndarray,
+                   progress: bool = True, zoom_map: bool = False) -> np.ndarray:
+    """Return the policy's greedy action indices on rows of `data`, as it acts on them."""
+    arrays = data.arrays
+    out = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(rows), BATCH), desc='actions', unit='batch',
+                          disable=not progress, dynamic_ncols=True):
+            batch = rows[start:start + BATCH]
+            images = torch.from_numpy(arrays['image'][batch])
+            text = model.vlm.encode_instructions([data.texts[i]
+                                                  for i in data.text_index[batch]])
+            fused = model.vlm.fuse_images(images, text, zoom=zoom_map).state
+            odometry = model.batch_odometry({'odom': arrays['odom'][batch],
+                                             't': arrays['t'][batch],
+                                             'yaw_total': arrays['yaw_total'][batch]})
+            output, _ = model.executor(fused, odometry,
+                                       torch.from_numpy(data.prev_action[batch]).long())
+            out.append(output.logits.argmax(-1).numpy())
+    return np.concatenate(out)
+
+
+def agreement(actions: np.ndarray, labels: np.ndarray, distances: np.ndarray,
+              times: np.ndarray) -> Dict:
+    """Share of frames whose action is the label: per target distance, and out of view per time."""
+    same = actions == labels
+    shown = np.isfinite(distances)
+
+    def share(rows):
+        count = int(rows.sum())
+        return {'frames': count, 'agreement': _share(same[rows]) if count else None}
+
+    return {'all': share(np.ones(len(same), bool)),
+            'by_distance': [{'from_m': low, 'to_m': high,
+                             **share(shown & (distances >= low) & (distances < high))}
+                            for low, high in BANDS],
+            'out_of_view_by_time': [{'from_s': low, 'to_s': high,
+                                     **share(~shown & (times >= low) & (times < high))}
+                                    for low, high in TIME_BANDS]}
+
+
+def format_agreement(summary: Dict) -> str:
+    def cell(part: Dict) -> str:
+        value = part['agreement']
+        return f'{part["frames"]} | ' + ('-' if value is None else f'{100.0 * value:.0f}%')
+
+    lines = ['', "greedy action = the expert's label", '', '| frames of | frames | agreement |',
+             '| --- | --- | --- |', f'| all | {cell(summary["all"])} |']
+    lines += [f'| target {b["from_m"]:g}-{b["to_m"]:g} m | {cell(b)} |'
+              for b in summary['by_distance']]
+    lines += [f'| out of view, {b["from_s"]:g}-{b["to_s"]:g} s | {cell(b)} |'
+              for b in summary['out_of_view_by_time']]
+    return '\n'.join(lines)
 
 
 def by_distance(probabilities: np.ndarray, boxes: np.ndarray, distances: np.ndarray,
@@ -113,6 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default: 1)')
     parser.add_argument('--zoom-map', action='store_true',
                         help='merge the map with that of a 2x zoom of the image centre')
+    parser.add_argument('--actions', action='store_true',
+                        help="also the policy's greedy action against the expert's label")
     parser.add_argument('--json', default=None, metavar='OUT.json')
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
@@ -144,6 +207,11 @@ def main(argv=None) -> int:
                     'zoom_map': args.zoom_map})
     print(format_table(summary, f'grounding map of {checkpoint} on {len(rows)} goto frames of '
                                 f'{args.data}'))
+    if args.actions:
+        actions = greedy_actions(model, data, rows, not args.quiet, args.zoom_map)
+        summary['actions'] = agreement(actions, data.arrays['expert_action'][rows], distances,
+                                       data.arrays['t'][rows])
+        print(format_agreement(summary['actions']))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + '\n')
     return 0

@@ -51,6 +51,24 @@ def test_by_distance_counts_found_targets_and_false_alarms_per_band(bench):
     assert 'highest 0.80' in table
 
 
+def test_agreement_counts_the_expert_labels_the_policy_takes(bench):
+    actions = np.array([1, 2, 3, 4, 4])
+    labels = np.array([1, 0, 3, 4, 5])
+    distances = np.array([0.5, 0.7, 3.5, math.nan, math.nan])
+    times = np.array([1.0, 2.0, 3.0, 1.0, 20.0])
+    summary = bench.agreement(actions, labels, distances, times)
+    assert summary['all'] == {'frames': 5, 'agreement': 0.6}
+    bands = {(b['from_m'], b['to_m']): b for b in summary['by_distance']}
+    assert bands[(0.0, 1.0)] == {'from_m': 0.0, 'to_m': 1.0, 'frames': 2, 'agreement': 0.5}
+    assert bands[(3.0, 4.0)]['agreement'] == 1.0 and bands[(1.0, 1.5)]['agreement'] is None
+    late = summary['out_of_view_by_time']
+    assert late[0]['frames'] == 1 and late[0]['agreement'] == 1.0
+    assert late[-1]['frames'] == 1 and late[-1]['agreement'] == 0.0
+    table = bench.format_agreement(summary)
+    assert '| all | 5 | 60% |' in table and '| target 1-1.5 m | 0 | - |' in table
+    assert '| out of view, 15-41 s | 1 | 0% |' in table
+
+
 def test_runs_on_generated_data_with_the_shipped_checkpoint(bench, tmp_path, capsys):
     data = tmp_path / 'data'
     generate(data, GenDataConfig(caption_scenes=0, views_per_scene=1, trajectory_scenes=2,
@@ -68,6 +86,15 @@ def test_runs_on_generated_data_with_the_shipped_checkpoint(bench, tmp_path, cap
         if band['frames']:
             assert 0.0 <= band['found'] <= 1.0 and 0.0 <= band['median_on_target'] <= 1.0
     assert 'found (map >= 0.5 on it)' in capsys.readouterr().out
+    # With --actions, the policy's greedy action against the expert's: on the expert's own
+    # frames, mostly the same.
+    acted = tmp_path / 'actions.json'
+    assert bench.main(['--data', str(data), '--frames', '40', '--checkpoint', str(SHIPPED),
+                       '--json', str(acted), '--quiet', '--actions']) == 0
+    actions = json.loads(acted.read_text())['actions']
+    assert actions['all']['frames'] == summary['frames']
+    assert actions['all']['agreement'] > 0.5
+    assert "greedy action = the expert's label" in capsys.readouterr().out
     # The zoomed map is the full map or higher on the same frames: it finds at least as much.
     zoomed = tmp_path / 'zoom.json'
     assert bench.main(['--data', str(data), '--frames', '40', '--checkpoint', str(SHIPPED),
