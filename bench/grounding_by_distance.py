@@ -28,7 +28,7 @@ import argparse
 import json
 from pathlib import Path
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,40 +48,35 @@ BATCH = 100
 
 
 def map_probabilities(model: VLITModel, data: TrajectorySet, rows: np.ndarray,
-                      progress: bool = True, zoom_map: bool = False) -> np.ndarray:
-    """Return the grounding map's probabilities (frames, patches) of rows of `data`."""
-    out = []
+                      progress: bool = True, zoom_map: bool = False, actions: bool = False
+                      ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """
+    Return the grounding map's probabilities (frames, patches) of rows of `data`, and None.
+
+    With `actions`, the whole policy runs on each frame as it acts (`frame_forward`, which
+    gives the map too), and the second value is its greedy action index per frame.
+    """
+    arrays = data.arrays
+    maps, chosen = [], []
     with torch.no_grad():
         for start in tqdm(range(0, len(rows), BATCH), desc='frames', unit='batch',
                           disable=not progress, dynamic_ncols=True):
             batch = rows[start:start + BATCH]
-            images = torch.from_numpy(data.arrays['image'][batch])
-            texts = [data.texts[i] for i in data.text_index[batch]]
-            logits = model.vlm.grounding_logits(images, texts, zoom=zoom_map)
-            out.append(torch.sigmoid(logits.float()).numpy())
-    return np.concatenate(out)
-
-
-def greedy_actions(model: VLITModel, data: TrajectorySet, rows: np.ndarray,
-                   progress: bool = True, zoom_map: bool = False) -> np.ndarray:
-    """Return the policy's greedy action indices on rows of `data`, as it acts on them."""
-    arrays = data.arrays
-    out = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(rows), BATCH), desc='actions', unit='batch',
-                          disable=not progress, dynamic_ncols=True):
-            batch = rows[start:start + BATCH]
             images = torch.from_numpy(arrays['image'][batch])
-            text = model.vlm.encode_instructions([data.texts[i]
-                                                  for i in data.text_index[batch]])
-            fused = model.vlm.fuse_images(images, text, zoom=zoom_map).state
+            texts = [data.texts[i] for i in data.text_index[batch]]
+            if not actions:
+                logits = model.vlm.grounding_logits(images, texts, zoom=zoom_map)
+                maps.append(torch.sigmoid(logits.float()).numpy())
+                continue
             odometry = model.batch_odometry({'odom': arrays['odom'][batch],
                                              't': arrays['t'][batch],
                                              'yaw_total': arrays['yaw_total'][batch]})
-            output, _ = model.executor(fused, odometry,
-                                       torch.from_numpy(data.prev_action[batch]).long())
-            out.append(output.logits.argmax(-1).numpy())
-    return np.concatenate(out)
+            output, probabilities = model.frame_forward(
+                images, model.vlm.encode_instructions(texts), odometry,
+                torch.from_numpy(data.prev_action[batch]).long(), zoom=zoom_map)
+            maps.append(probabilities.float().numpy())
+            chosen.append(output.logits.argmax(-1).numpy())
+    return np.concatenate(maps), np.concatenate(chosen) if actions else None
 
 
 def agreement(actions: np.ndarray, labels: np.ndarray, distances: np.ndarray,
@@ -196,7 +191,8 @@ def main(argv=None) -> int:
         return 2
     rng = np.random.default_rng(args.seed)
     rows = np.sort(rng.choice(goto, min(args.frames, len(goto)), replace=False))
-    probabilities = map_probabilities(model, data, rows, not args.quiet, args.zoom_map)
+    probabilities, actions = map_probabilities(model, data, rows, not args.quiet,
+                                               args.zoom_map, args.actions)
     visible = AUXILIARY_TARGETS.index('goto_visible')
     log_distance = AUXILIARY_TARGETS.index('goto_log_distance')
     distances = np.where(data.auxiliary[rows, visible] > 0.5,
@@ -207,8 +203,7 @@ def main(argv=None) -> int:
                     'zoom_map': args.zoom_map})
     print(format_table(summary, f'grounding map of {checkpoint} on {len(rows)} goto frames of '
                                 f'{args.data}'))
-    if args.actions:
-        actions = greedy_actions(model, data, rows, not args.quiet, args.zoom_map)
+    if actions is not None:
         summary['actions'] = agreement(actions, data.arrays['expert_action'][rows], distances,
                                        data.arrays['t'][rows])
         print(format_agreement(summary['actions']))

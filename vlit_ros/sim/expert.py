@@ -286,9 +286,7 @@ class ExpertPolicy:
     def _search(self, odom) -> Optional[str]:
         """Return the camera-only search move while the target is out of view, or None."""
         swept = math.degrees(self._cumulative_yaw)
-        if swept <= -self.sweep_deg or (self.short_sweep and self._swept_left >= self.sweep_deg -
-                                        _SWEEP_DONE_SLACK_DEG and self._swept_right <=
-                                        _SWEEP_DONE_SLACK_DEG - self.sweep_deg):
+        if swept <= -self.sweep_deg or (self.short_sweep and self._swept_both_sides()):
             # Every start bearing has been in view (the target is hidden behind another
             # object, or too far for the camera): from now on use what the expert knows.
             self._search_done = True
@@ -297,6 +295,11 @@ class ExpertPolicy:
         if math.hypot(odom[0], odom[1]) > _DRIVEN_M:
             return None  # lost on the way: it was in view a moment ago
         return self._sweep_move(swept, odom)
+
+    def _swept_both_sides(self) -> bool:
+        """Whether the robot has turned nearly `sweep_deg` both ways (the short sweep's end)."""
+        reach = self.sweep_deg - _SWEEP_DONE_SLACK_DEG
+        return self._swept_left >= reach and self._swept_right <= -reach
 
     def _sweep_move(self, swept: float, odom) -> str:
         """Return the sweep's turn: left up to `_SWEEP_LEFT_DEG`, then right."""
@@ -402,9 +405,8 @@ class ExpertRules:
     far_arcs: bool = False
 
     def __post_init__(self):
-        if self.far_search and (self.short_sweep or self.far_arcs):
-            raise ValueError('the far search is a search of its own: choose it or the short '
-                             'sweep and the far arcs')
+        # Refuse, when the options are read, the combinations the expert itself refuses.
+        self.policy()
 
     def policy(self) -> ExpertPolicy:
         return ExpertPolicy(far_search=self.far_search, sweep_by_command=self.observable_turns,

@@ -653,11 +653,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='episodes of the closing evaluation (default: 100; 0: none)')
 
 
-def expert_rules(args: argparse.Namespace) -> ExpertRules:
-    """Return the DAgger expert's rules from finetune's options."""
-    return expert_rules_of(args)
-
-
 def run(args: argparse.Namespace) -> int:
     return loop.run_stage('finetune', args, _run)
 
@@ -672,7 +667,7 @@ def _run(args, context: loop.DistributedContext) -> int:
                          f'{args.dagger_temperature}')
     schedule = DaggerSchedule(args.dagger_rounds, args.dagger_episodes, args.dagger_steps,
                               args.dagger_beta, args.dagger_parallel, args.dagger_temperature,
-                              expert_rules(args))
+                              expert_rules_of(args))
     model = build_model(args).to(context.device)
     start_action = model.start_action
     # Map memory is recomputed from the model's own map once the map has learnt something:
