@@ -267,6 +267,13 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     assert build(tmp_path / 'remembering', '--map-memory').executor.memory
     with pytest.raises(ValueError, match='one without map memory'):
         build(tmp_path / 'reading', '--map-memory')
+    # And the map's peak.
+    peaking = build(pretrained, '--map-peak')
+    assert peaking.executor.peak and not model.executor.peak
+    save_checkpoint(peaking, tmp_path / 'peaking')
+    assert build(tmp_path / 'peaking').executor.peak
+    with pytest.raises(ValueError, match="does not read the map's peak"):
+        build(tmp_path / 'reading', '--map-peak')
     # A convolutional stem is built into new models only.
     with pytest.raises(ValueError, match='--conv-stem configures a new model'):
         build(tmp_path / 'reading', '--conv-stem', '8')
@@ -308,6 +315,10 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
               train_all.plan_stages(parser.parse_args(argv + ['--zoom-map']))}
     assert '--zoom-map' in zoomed['finetune'] and '--zoom-map' not in stages['finetune']
     assert '--zoom-map' not in zoomed['polish']
+    peaked = {name: a for name, _, a in
+              train_all.plan_stages(parser.parse_args(argv + ['--map-peak']))}
+    assert '--map-peak' in peaked['finetune'] and '--map-peak' not in stages['finetune']
+    assert '--map-peak' not in peaked['polish']
     stem = {name: a for name, _, a in
             train_all.plan_stages(parser.parse_args(argv + ['--conv-stem', '16']))}
     assert stem['pretrain'][stem['pretrain'].index('--conv-stem') + 1] == '16'

@@ -136,9 +136,9 @@ def build_model(args) -> VLITModel:
     """
     Build the VLITModel from a pretrained checkpoint (`--init`) or from a preset.
 
-    `--no-fusion-state`, `--map-memory` and `--zoom-map` configure a new executor and what it
-    reads; an `--init` VLITModel keeps its own (the options may repeat what it is, not change
-    it).
+    `--no-fusion-state`, `--map-memory`, `--map-peak` and `--zoom-map` configure a new
+    executor and what it reads; an `--init` VLITModel keeps its own (the options may repeat
+    what it is, not change it).
     """
     reads_state = not args.no_fusion_state
     if args.init:
@@ -149,7 +149,7 @@ def build_model(args) -> VLITModel:
                              f'conv_stem {pretrained.config.vision.conv_stem}')
         if isinstance(pretrained, PretrainingModel):
             config = _with_executor_input(pretrained.config, reads_state, args.map_memory,
-                                          args.zoom_map)
+                                          args.zoom_map, args.map_peak)
             # The zoom adds no weights: the pretrained fusion reads it as configured.
             pretrained.vlm.fusion.zoom_map = config.fusion.zoom_map
             return VLITModel(config, vlm=pretrained.vlm)
@@ -161,6 +161,11 @@ def build_model(args) -> VLITModel:
             raise ValueError(f'--map-memory configures a new executor, but {args.init} '
                              f'already has one without map memory; leave the option out to '
                              f'continue it, or start from a pretraining checkpoint')
+        if args.map_peak and not pretrained.executor.peak:
+            raise ValueError(f'--map-peak configures a new executor, but {args.init} '
+                             f"already has one that does not read the map's peak; leave the "
+                             f'option out to continue it, or start from a pretraining '
+                             f'checkpoint')
         if args.zoom_map and not pretrained.config.fusion.zoom_map:
             raise ValueError(f'--zoom-map configures a new model, but {args.init} was trained '
                              f'without the zoomed map; leave the option out to continue it, '
@@ -168,14 +173,14 @@ def build_model(args) -> VLITModel:
         return pretrained
     return VLITModel(_with_executor_input(
         model_config(args.preset, args.text_encoder, args.conv_stem), reads_state,
-        args.map_memory, args.zoom_map))
+        args.map_memory, args.zoom_map, args.map_peak))
 
 
 def _with_executor_input(config: ModelConfig, fusion_state: bool, map_memory: bool,
-                         zoom_map: bool) -> ModelConfig:
+                         zoom_map: bool, map_peak: bool) -> ModelConfig:
     return dataclasses.replace(
         config, executor=dataclasses.replace(config.executor, fusion_state=fusion_state,
-                                             map_memory=map_memory),
+                                             map_memory=map_memory, map_peak=map_peak),
         fusion=dataclasses.replace(config.fusion, zoom_map=zoom_map))
 
 
@@ -609,6 +614,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the new executor also reads where the model's own grounding map "
                              'was strongest on earlier frames, carried forward by odometry '
                              '(core.model.memory)')
+    parser.add_argument('--map-peak', action='store_true',
+                        help="the new executor also reads the grounding map's peak: its "
+                             'highest probability, where that patch is, and the two '
+                             'multiplied (core.model.executor)')
     parser.add_argument('--zoom-map', action='store_true',
                         help='the new model merges its grounding map with the map of a 2x zoom '
                              'of the image centre, so far targets show on it (twice the vision '

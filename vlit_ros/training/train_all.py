@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--map-memory', action='store_true',
                         help='the executor also reads where its own grounding map was '
                              'strongest on earlier frames (vlit-ros finetune --map-memory)')
+    parser.add_argument('--map-peak', action='store_true',
+                        help="the executor also reads the grounding map's peak (vlit-ros "
+                             'finetune --map-peak)')
     parser.add_argument('--zoom-map', action='store_true',
                         help='the grounding map is merged with that of a 2x zoom of the image '
                              'centre (vlit-ros finetune --zoom-map)')
@@ -132,6 +135,7 @@ def plan_stages(args: argparse.Namespace) -> List[Tuple[str, Any, List[str]]]:
                      '--text-encoder', args.text_encoder] + common + tuning + \
         (['--no-fusion-state'] if args.no_fusion_state else []) + \
         (['--map-memory'] if args.map_memory else []) + \
+        (['--map-peak'] if args.map_peak else []) + \
         (['--zoom-map'] if args.zoom_map else [])
     if not args.no_pretrain:
         pretrain_argv = ['--data', str(data), '--out', str(out / 'pretrain'),

@@ -247,6 +247,10 @@ class ExecutorConfig:
     # with a grounding head, also read the map memory (`core.model.memory`): where the
     # model's own map was strongest on earlier frames, carried forward by odometry
     map_memory: bool = False
+    # with a grounding head, also read the map's peak (`executor.peak_features`): its
+    # highest probability, where that patch is, and the two multiplied, so a weak map that
+    # points the right way gives a bearing of order one
+    map_peak: bool = False
     # a sighting's strength decays by e over this many seconds
     memory_decay_s: float = 8.0
     # the camera's horizontal field of view, which turns a map column into a bearing
@@ -264,6 +268,7 @@ class ExecutorConfig:
         _check_bool(owner, 'progress_features', self.progress_features)
         _check_bool(owner, 'fusion_state', self.fusion_state)
         _check_bool(owner, 'map_memory', self.map_memory)
+        _check_bool(owner, 'map_peak', self.map_peak)
         _check_number(owner, 'memory_decay_s', self.memory_decay_s, 0.0, 1e4, True)
         _check_number(owner, 'camera_hfov_deg', self.camera_hfov_deg, 10.0, 170.0)
 
@@ -309,7 +314,8 @@ _ADDED_FIELDS = {'vision': {'conv_stem': 0},
                  'fusion': {'grounding_dim': 0, 'task_parameters': False,
                             'task_tokens': False, 'zoom_map': False},
                  'executor': {'progress_features': False, 'fusion_state': True,
-                              'map_memory': False, 'memory_decay_s': 8.0,
+                              'map_memory': False, 'map_peak': False,
+                              'memory_decay_s': 8.0,
                               'camera_hfov_deg': 90.0}}
 
 

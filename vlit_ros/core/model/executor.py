@@ -15,6 +15,10 @@ The InstructionExecutor and the instruction-following model built on it.
   With `map_memory` in its config (and a grounding head) it also reads the map memory
   (`core.model.memory`): where the model's own map was strongest on earlier frames. The
   memory features follow the odometry features in one input (`odometry_width` columns).
+  With `map_peak` it also reads the map's peak (`peak_features`): the highest probability,
+  the column and row of its patch, and the probability times the column. Far away the map
+  points at the target with probabilities near 0.2, a signal the MLP reads poorly among 48
+  inputs; the peak's column is of order one however weak the map.
 - `VLITModel`: `VisionLanguageModel` + `InstructionExecutor`; `forward(batch)` for
   imitation and policy-gradient training, `select_action(batch)` for acting.
 
@@ -54,6 +58,8 @@ ODOMETRY_FEATURES = 8
 PROGRESS_FEATURES = 4
 # Gains of the squashed copies: 0.25 m or 0.25 rad remaining gives tanh(1) = 0.76.
 _PROGRESS_GAIN = 4.0
+# The map's highest probability, its patch's column and row, probability x column.
+PEAK_FEATURES = 4
 
 
 def odometry_features(odom, t, config: ExecutorConfig, yaw_total=None):
@@ -96,7 +102,9 @@ class InstructionExecutor(nn.Module):
     """MLP: [fused state, odometry features, previous action one-hot] -> logits, value."""
 
     def __init__(self, state_dim: int, config: ExecutorConfig, task_parameters: bool = False,
-                 fusion_state_dim: int = 0, grounding: bool = False):
+                 fusion_state_dim: int = 0, grounding: bool = False,
+                 map_start: int = 0, patch_column: Optional[torch.Tensor] = None,
+                 patch_row: Optional[torch.Tensor] = None):
         """
         Build the MLP for fused states of `state_dim`.
 
@@ -108,6 +116,9 @@ class InstructionExecutor(nn.Module):
         `grounding`: the model has a grounding map; with `config.map_memory` the odometry
         input is followed by the map memory's features, whose weights start at zero (a new
         executor first acts as one without memory).
+        `map_start`, `patch_column`, `patch_row`: where the map's probabilities start in the
+        fused state and each patch's column and row on [-1, 1] (`CrossModalFusion`), which
+        `config.map_peak` needs.
         """
         super().__init__()
         self.progress = bool(task_parameters and config.progress_features)
@@ -118,9 +129,21 @@ class InstructionExecutor(nn.Module):
         self.skip = 0 if config.fusion_state else fusion_state_dim
         if not 0 <= self.skip < state_dim:
             raise ValueError(f'cannot skip {self.skip} of {state_dim} fused-state entries')
+        self.peak = bool(grounding and config.map_peak)
+        if self.peak:
+            if patch_column is None or patch_row is None or \
+                    patch_column.shape != patch_row.shape or patch_column.dim() != 1 or \
+                    not 0 <= map_start <= state_dim - patch_column.numel():
+                raise ValueError("map_peak needs the map's start in the fused state and the "
+                                 'column and row of each of its patches')
+            self.map_start = map_start
+            self.register_buffer('patch_column', patch_column.detach().clone().float(),
+                                 persistent=False)
+            self.register_buffer('patch_row', patch_row.detach().clone().float(),
+                                 persistent=False)
         layers = []
         width = state_dim - self.skip + self.odometry_width + NUM_ACTIONS + \
-            (PROGRESS_FEATURES if self.progress else 0)
+            (PROGRESS_FEATURES if self.progress else 0) + (PEAK_FEATURES if self.peak else 0)
         for _ in range(config.layers):
             layers += [nn.Linear(width, config.hidden), nn.GELU(), nn.Dropout(config.dropout)]
             width = config.hidden
@@ -152,7 +175,21 @@ class InstructionExecutor(nn.Module):
         parts = [fused[..., self.skip:], odometry, previous]
         if self.progress:
             parts.append(self.progress_features(fused, odometry))
+        if self.peak:
+            parts.append(self.peak_features(fused))
         return self.body(torch.cat(parts, -1))
+
+    def peak_features(self, fused: torch.Tensor) -> torch.Tensor:
+        """
+        Return (B, 4): the map's highest probability p, its patch's column and row, p x column.
+
+        From the grounding map's probabilities in the fused state; columns are + to the left.
+        """
+        probabilities = fused[..., self.map_start:self.map_start + self.patch_column.numel()]
+        strength, index = probabilities.max(-1)
+        column = self.patch_column.to(fused.dtype)[index]
+        row = self.patch_row.to(fused.dtype)[index]
+        return torch.stack([strength, column, row, strength * column], -1)
 
     def progress_features(self, fused: torch.Tensor, odometry: torch.Tensor) -> torch.Tensor:
         """
@@ -185,11 +222,14 @@ class VLITModel(nn.Module):
         super().__init__()
         self.config = config
         self.vlm = vlm if vlm is not None else VisionLanguageModel(config)
+        fusion = self.vlm.fusion
         self.executor = InstructionExecutor(
             self.vlm.state_dim, config.executor,
-            task_parameters=self.vlm.fusion.task_head is not None,
+            task_parameters=fusion.task_head is not None,
             fusion_state_dim=config.fusion.dim,
-            grounding=self.vlm.fusion.grounding is not None)
+            grounding=fusion.grounding is not None,
+            map_start=fusion.map_start, patch_column=fusion.patch_column,
+            patch_row=fusion.patch_row)
         self.start_action = ACTION_INDEX[config.executor.start_action]
 
     @property

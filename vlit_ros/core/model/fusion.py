@@ -158,6 +158,9 @@ class CrossModalFusion(nn.Module):
         self.register_buffer('patch_row', row.repeat_interleave(cols), persistent=False)
         self.sentence_in = nn.Linear(text_dim, config.dim)
         self.tokens_in = nn.Linear(text_dim, config.dim)
+        # The state starts with the query output (dim) and the sentence (text_dim); the map's
+        # probabilities follow when there is a grounding head.
+        self.map_start = config.dim + text_dim
         # Image tokens are normalised once here rather than in every block.
         self.context_norm = nn.LayerNorm(text_dim)
         self.blocks = nn.ModuleList(
@@ -214,8 +217,7 @@ class CrossModalFusion(nn.Module):
         if self.grounding is None:
             raise ValueError('this model has no grounding head (fusion.grounding_dim is 0)')
         state = fused.state
-        # The state starts with the query output (dim) and the sentence (text_dim).
-        start = self.sentence_in.out_features + self.sentence_in.in_features
+        start = self.map_start
         end = start + logits.shape[-1] + GROUNDING_SUMMARY
         parts = [state[:, :start],
                  *[part.to(state.dtype) for part in self.grounding_features(logits)],
