@@ -37,7 +37,7 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False,
                       advance_m: float = DEFAULT_ADVANCE_M,
                       sweep_by_command: bool = False,
                       reacquire_by_command: bool = False, short_sweep: bool = False,
-                      far_arcs: bool = False) -> dict:
+                      far_arcs: bool = False, clear_arcs: bool = False) -> dict:
     """Run the expert on `episodes` goto episodes from scene seed `seed`; return the figures."""
     if episodes < 1:
         raise ValueError(f'--episodes must be at least 1, got {episodes}')
@@ -48,7 +48,8 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False,
             expert = ExpertPolicy(far_search=far_search, see_range_m=see_range_m,
                                   advance_m=advance_m, sweep_by_command=sweep_by_command,
                                   reacquire_by_command=reacquire_by_command,
-                                  short_sweep=short_sweep, far_arcs=far_arcs)
+                                  short_sweep=short_sweep, far_arcs=far_arcs,
+                                  clear_arcs=clear_arcs)
             result = run_episode(world, expert, spec)
             turns = [a for a in result.actions if a in _TURNS]
             successes += int(result.success)
@@ -58,7 +59,7 @@ def search_statistics(episodes: int, seed: int, far_search: bool = False,
             flips.append(sum(a != b for a, b in zip(turns, turns[1:])))
     far = {'see_range_m': see_range_m, 'advance_m': advance_m} if far_search else {}
     return {'episodes': episodes, 'seed': seed, 'far_search': far_search, **far,
-            'short_sweep': short_sweep, 'far_arcs': far_arcs,
+            'short_sweep': short_sweep, 'far_arcs': far_arcs, 'clear_arcs': clear_arcs,
             'sweep_rule': 'command' if sweep_by_command else 'yaw_rate',
             'reacquire': 'command' if reacquire_by_command else 'ground_truth',
             'success': successes,
@@ -89,12 +90,15 @@ def main(argv=None) -> int:
                         help='the short sweep of gen-data / train-all --expert-short-sweep')
     parser.add_argument('--far-arcs', action='store_true',
                         help='the arcs of gen-data / train-all --expert-far-arcs')
+    parser.add_argument('--clear-arcs', action='store_true',
+                        help='with --far-arcs: arcs only where the way is clear '
+                             '(--expert-clear-arcs)')
     args = parser.parse_args(argv)
     try:
         figures = search_statistics(args.episodes, args.seed, args.far_search,
                                     args.see_range, args.advance,
                                     args.sweep_by_command, args.reacquire_by_command,
-                                    args.short_sweep, args.far_arcs)
+                                    args.short_sweep, args.far_arcs, args.clear_arcs)
     except ValueError as exc:
         print(f'expert_search: error: {exc}', file=sys.stderr)
         return 2

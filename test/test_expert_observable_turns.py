@@ -12,14 +12,16 @@ from vlit_ros.sim.tasks import GotoTask
 from vlit_ros.sim.world import World
 
 
-def _drive(target_x, target_y, actions, **rules):
+def _drive(target_x, target_y, actions, others=(), **rules):
     """
     Drive `actions` from the origin toward a red cube; return the last state's label and rule.
 
     The robot starts facing +x; the expert (with `rules`) labels every state on the way.
+    `others`: more objects in the scene.
     """
     scene = Scene(seed=0, objects=(ObjectSpec('cube', 'red', target_x, target_y, 0.2),
-                                   ObjectSpec('sphere', 'blue', -2.5, 2.5, 0.2)))
+                                   ObjectSpec('sphere', 'blue', -2.5, 2.5, 0.2)) +
+                  tuple(others))
     expert = ExpertPolicy(**rules)
     with World() as world:
         world.reset(scene=scene)
@@ -108,6 +110,26 @@ def test_after_the_short_sweep_a_far_target_is_closed_in_on_in_arcs():
     # before (3.8 m away, 32 degrees left).
     assert _drive(3.2, 2.0, [], short_sweep=True, far_arcs=True) == ('turn_left', 'in_view')
     assert _drive(3.2, 2.0, []) == ('turn_left', 'in_view')
+
+
+def test_clear_arcs_turn_on_the_spot_next_to_an_object():
+    # Driven 0.5 m ahead, the target 3.7 m behind: the search is over, an arc closes in.
+    ahead = ['forward'] * 14
+    label, rule = _drive(-3.2, 0.3, ahead, far_arcs=True, clear_arcs=True)
+    assert rule == 'ground_truth' and label in ('forward_left', 'forward_right')
+    # A cylinder 0.8 m ahead: an arc would drive at it, so the clear arcs turn on the spot;
+    # the far arcs alone still arc.
+    block = [ObjectSpec('cylinder', 'green', 1.3, 0.0, 0.2)]
+    label, rule = _drive(-3.2, 0.3, ahead, block, far_arcs=True, clear_arcs=True)
+    assert rule == 'ground_truth' and label in ('turn_left', 'turn_right')
+    arcs = ('forward_left', 'forward_right')
+    assert _drive(-3.2, 0.3, ahead, block, far_arcs=True)[0] in arcs
+    # The same cylinder 0.8 m ahead, 1 m to the right: the way to the left is clear.
+    aside = [ObjectSpec('cylinder', 'green', 1.3, -1.0, 0.2)]
+    assert _drive(-3.2, 0.3, ahead, aside, far_arcs=True, clear_arcs=True)[0] == \
+        'forward_left'
+    with pytest.raises(ValueError, match='needs far_arcs'):
+        ExpertRules(clear_arcs=True)
 
 
 def test_the_short_sweep_and_the_far_search_are_not_combined():

@@ -259,7 +259,8 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
     # manifest are not asked).
     check_expert_labels([tmp_path / 'a', tmp_path], ExpertRules())
     for other in (ExpertRules(far_search=True), ExpertRules(observable_turns=True),
-                  ExpertRules(short_sweep=True), ExpertRules(far_arcs=True)):
+                  ExpertRules(short_sweep=True), ExpertRules(far_arcs=True),
+                  ExpertRules(far_arcs=True, clear_arcs=True)):
         with pytest.raises(ValueError, match='exactly when gen-data had them'):
             check_expert_labels([tmp_path / 'a'], other)
     turns = replace(TINY, expert_observable_turns=True)
@@ -271,6 +272,7 @@ def test_gen_data_is_deterministic_and_resumable(tmp_path):
     del old['config']['expert_observable_turns']
     del old['config']['expert_short_sweep']
     del old['config']['expert_far_arcs']
+    del old['config']['expert_clear_arcs']
     manifest_path.write_text(json.dumps(old))
     check_expert_labels([tmp_path / 'a'], ExpertRules())
 

@@ -354,6 +354,11 @@ def test_no_fusion_state_configures_a_new_executor_only(data, tmp_path):
     assert all('--expert-far-arcs' in arcs[name] for name in ('gen-data', 'finetune'))
     assert '--expert-far-arcs' not in arcs['polish'] and '--expert-short-sweep' not in \
         arcs['gen-data']
+    clear = {name: a for name, _, a in train_all.plan_stages(parser.parse_args(
+        argv + ['--expert-far-arcs', '--expert-clear-arcs']))}
+    assert all({'--expert-far-arcs', '--expert-clear-arcs'} <= set(clear[name])
+               for name in ('gen-data', 'finetune'))
+    assert '--expert-clear-arcs' not in clear['polish'] + arcs['finetune']
     # The grounding labels and attribute weights are the same in both stages that train the
     # map; a weight not given is the shipped checkpoint's (finetune's default).
     for name in ('finetune', 'polish'):

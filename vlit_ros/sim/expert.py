@@ -35,7 +35,10 @@ labelled into a new sweep, which is how a learner came to sweep on the spot for 
 driven, a target farther than `far_arcs_m` (3 m) is steered toward in arcs, never by turning
 on the spot. Beyond 3 m the learner's map rarely finds the target, so what it learns to copy
 there is the labels' average, and the average of arcs to either side is to drive on and
-close in, where the average of turns on the spot is to stay.
+close in, where the average of turns on the spot is to stay. With `clear_arcs` as well (off
+by default; --expert-clear-arcs) an arc replaces the turn only where the way is clear: nothing
+within `_ARC_CLEAR_M` straight ahead or 30 degrees to the side it turns to; next to an object
+the expert turns on the spot as before, a cue a learner sees in the image.
 
 Two turns of the default expert follow what the learner does not read: the sweep goes on
 turning right while the measured yaw rate turns right (it lags the command), and a target out
@@ -92,6 +95,11 @@ _SHORT_SWEEP_DEG = 60.0
 _SWEEP_DONE_SLACK_DEG = 15.0
 _FAR_ARCS_M = 3.0
 _ARC_OF_TURN = {'turn_left': 'forward_left', 'turn_right': 'forward_right'}
+# Clear arcs: how far (m) the way straight ahead and `_ARC_SIDE_DEG` toward the turn must be
+# free of objects (inflated as for steering) and walls; an arc of the default primitives
+# (0.3 m/s, 0.6 rad/s) has a radius of 0.5 m.
+_ARC_CLEAR_M = 1.0
+_ARC_SIDE_DEG = 30.0
 # What `last_rule` can say: no goto (odometry servo or stop), at the target, steering with the
 # target in view, the camera-only sweep, the far search's drive ahead between two sweeps, and
 # ground truth with the target out of view (lost on the way, or hidden after the sweep: a
@@ -113,7 +121,8 @@ class ExpertPolicy:
                  observable_search: bool = True, far_search: bool = False,
                  see_range_m: float = _SEE_RANGE_M, advance_m: float = _ADVANCE_M,
                  sweep_by_command: bool = False, reacquire_by_command: bool = False,
-                 short_sweep: bool = False, far_arcs: bool = False):
+                 short_sweep: bool = False, far_arcs: bool = False,
+                 clear_arcs: bool = False):
         for name, flag in (('far_search', far_search), ('short_sweep', short_sweep),
                            ('far_arcs', far_arcs)):
             if flag and not observable_search:
@@ -122,6 +131,9 @@ class ExpertPolicy:
         if far_search and (short_sweep or far_arcs):
             raise ValueError('far_search is a search of its own: choose it or short_sweep '
                              'and far_arcs')
+        if clear_arcs and not far_arcs:
+            raise ValueError('clear_arcs says where the far arcs are taken: it needs '
+                             'far_arcs=True')
         for name, value in (('see_range_m', see_range_m), ('advance_m', advance_m)):
             if not value > 0.0:  # also refuses NaN; inf means "no limit" for the range
                 raise ValueError(f'{name} must be a positive number of metres, got {value!r}')
@@ -143,6 +155,8 @@ class ExpertPolicy:
         self.short_sweep = short_sweep
         self.sweep_deg = _SHORT_SWEEP_DEG if short_sweep else _SWEEP_LEFT_DEG
         self.far_arcs_m = _FAR_ARCS_M if far_arcs else None
+        # arcs only where the way ahead and to the turn's side is clear
+        self.clear_arcs = clear_arcs
         self._task: Optional[Task] = None
         self._world = None
         self._search_done = False
@@ -226,7 +240,8 @@ class ExpertPolicy:
         action = self._steer(self._clear_heading(pose, math.atan2(ty, tx), distance))
         if self.far_arcs_m is not None and distance > self.far_arcs_m and \
                 action in _TURNS_IN_PLACE and \
-                (self._search_done or math.hypot(odom[0], odom[1]) > _DRIVEN_M):
+                (self._search_done or math.hypot(odom[0], odom[1]) > _DRIVEN_M) and \
+                (not self.clear_arcs or self._arc_is_clear(pose, action)):
             # Too far for the learner's map: turn while driving on, so that a learner which
             # cannot tell which way copies "close in" rather than "turn on the spot".
             return _ARC_OF_TURN[action]
@@ -352,10 +367,32 @@ class ExpertPolicy:
 
     def _clear_heading(self, pose, bearing: float, distance: float) -> float:
         """Return the clear heading (robot frame) closest to `bearing`."""
+        lookahead = min(_LOOKAHEAD, distance - _GOTO_STOP_DISTANCE + 0.2)
+        free = self._free_distances(pose, _CANDIDATE_HEADINGS)
+        relative = np.array([wrap_angle(h) for h in _CANDIDATE_HEADINGS])
+        ok = free >= lookahead
+        if not ok.any():
+            # Boxed in: take the most open heading.
+            return float(relative[int(np.argmax(free))])
+        cost = np.abs(np.array([wrap_angle(r - bearing) for r in relative]))
+        cost[~ok] = np.inf
+        return float(relative[int(np.argmin(cost))])
+
+    def _arc_is_clear(self, pose, turn: str) -> bool:
+        """Return whether the way ahead and toward `turn`'s side is free for an arc."""
+        side = math.radians(_ARC_SIDE_DEG) * (1.0 if turn == 'turn_left' else -1.0)
+        return bool((self._free_distances(pose, (0.0, side)) >= _ARC_CLEAR_M).all())
+
+    def _free_distances(self, pose, relative_headings) -> np.ndarray:
+        """
+        Return how far (m) the robot can drive along each heading (robot frame) at `pose`.
+
+        Up to the first object other than the target, inflated by the robot's radius and
+        `_AVOID_MARGIN`, or the wall less the same.
+        """
         scene = self._world.scene
         robot_radius = scene.robot.radius
-        lookahead = min(_LOOKAHEAD, distance - _GOTO_STOP_DISTANCE + 0.2)
-        headings = pose[2] + _CANDIDATE_HEADINGS
+        headings = pose[2] + np.asarray(relative_headings, float)
         dirs = np.stack([np.cos(headings), np.sin(headings)], axis=1)
         free = np.full(len(headings), np.inf)
         for obj in scene.objects:
@@ -374,14 +411,7 @@ class ExpertPolicy:
                 to_wall = np.where(dirs[:, axis] > 0, (half - pose[axis]) / dirs[:, axis],
                                    (-half - pose[axis]) / dirs[:, axis])
             free = np.minimum(free, np.where(np.abs(dirs[:, axis]) > 1e-9, to_wall, np.inf))
-        relative = np.array([wrap_angle(h - pose[2]) for h in headings])
-        ok = free >= lookahead
-        if not ok.any():
-            # Boxed in: take the most open heading.
-            return float(relative[int(np.argmax(free))])
-        cost = np.abs(np.array([wrap_angle(r - bearing) for r in relative]))
-        cost[~ok] = np.inf
-        return float(relative[int(np.argmin(cost))])
+        return free
 
 
 @dataclass(frozen=True)
@@ -391,8 +421,9 @@ class ExpertRules:
 
     `far_search`: `ExpertPolicy(far_search=True)`; `short_sweep`: `ExpertPolicy(
     short_sweep=True)` and `far_arcs`: `ExpertPolicy(far_arcs=True)` (neither with
-    `far_search`). `observable_turns` (off by default, as the
-    shipped checkpoint was trained; tried in the twenty-sixth session, docs/TRAINING.md): the
+    `far_search`); `clear_arcs`: `ExpertPolicy(clear_arcs=True)` (with `far_arcs`).
+    `observable_turns` (off by default, as the shipped checkpoint was trained; tried in the
+    twenty-sixth session, docs/TRAINING.md): the
     sweep goes on turning right while the last command turned right, not while the measured
     yaw rate does, and a target out of the camera's cone after the search is turned back to
     the way the last command turned, not by ground truth (`sweep_by_command`,
@@ -403,6 +434,7 @@ class ExpertRules:
     observable_turns: bool = False
     short_sweep: bool = False
     far_arcs: bool = False
+    clear_arcs: bool = False
 
     def __post_init__(self):
         # Refuse, when the options are read, the combinations the expert itself refuses.
@@ -411,4 +443,5 @@ class ExpertRules:
     def policy(self) -> ExpertPolicy:
         return ExpertPolicy(far_search=self.far_search, sweep_by_command=self.observable_turns,
                             reacquire_by_command=self.observable_turns,
-                            short_sweep=self.short_sweep, far_arcs=self.far_arcs)
+                            short_sweep=self.short_sweep, far_arcs=self.far_arcs,
+                            clear_arcs=self.clear_arcs)

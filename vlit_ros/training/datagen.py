@@ -82,6 +82,8 @@ class GenDataConfig:
     expert_short_sweep: bool = False
     # far targets closed in on in arcs after the search (`ExpertRules.far_arcs`)
     expert_far_arcs: bool = False
+    # those arcs only where the way is clear (`ExpertRules.clear_arcs`)
+    expert_clear_arcs: bool = False
 
     def __post_init__(self):
         for name in ('caption_scenes', 'trajectory_scenes'):
@@ -216,6 +218,8 @@ EXPERT_OPTIONS = {
                    'reached',
     'far_arcs': 'arcs that close in on a target beyond 3 m after the search, instead of turns '
                 'on the spot',
+    'clear_arcs': 'those arcs only where the way ahead and to the side is clear of objects '
+                  '(with --expert-far-arcs)',
 }
 
 
@@ -244,7 +248,8 @@ def check_expert_labels(roots, rules: ExpertRules) -> None:
 
     `roots` are gen-data directories (others, without a gen-data manifest, are skipped);
     `rules` are the DAgger expert's (`finetune --expert-far-search`,
-    `--expert-observable-turns`, `--expert-short-sweep`, `--expert-far-arcs`).
+    `--expert-observable-turns`, `--expert-short-sweep`, `--expert-far-arcs`,
+    `--expert-clear-arcs`).
     """
     for root in roots:
         path = Path(root) / MANIFEST
