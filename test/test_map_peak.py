@@ -58,20 +58,26 @@ def test_peak_features_read_the_strongest_patch_of_the_map_in_the_fused_state():
                                   executor(moved, odometry, previous)[0].logits[0])
 
 
-def test_the_peak_is_the_models_own_map_and_carries_gradient_to_it():
+def test_the_peak_is_the_models_own_map_and_carries_gradient_to_its_patch():
     model = peak_model().train()
     batch = dict(batch_of(), action=np.array([1, 2, 3]))
     seen = []
     hook = model.executor.register_forward_hook(lambda module, args, output: seen.append(
-        module.peak_features(args[0]).detach()))
-    _, loss = model(batch)
+        args[0].detach().requires_grad_()))
+    model(batch)
     hook.remove()
     with torch.no_grad():
         maps = torch.sigmoid(model.vlm.grounding_logits(
             torch.from_numpy(batch['image']), batch['text']))
-    torch.testing.assert_close(seen[0][:, 0], maps.max(-1).values)
-    loss.backward()
-    assert model.vlm.fusion.grounding.key.weight.grad.abs().sum() > 0
+    fused = seen[0]
+    features = model.executor.peak_features(fused)
+    torch.testing.assert_close(features[:, 0], maps.max(-1).values)
+    # The strength and the product pass gradient to the peak's own entry of the state only.
+    (features[:, 0] + features[:, 3]).sum().backward()
+    start = model.vlm.fusion.map_start
+    touched = fused.grad.nonzero()
+    assert touched[:, 0].tolist() == [0, 1, 2]
+    assert (touched[:, 1] - start).tolist() == maps.argmax(-1).tolist()
 
 
 def test_map_peak_is_checked_old_configs_lack_it_and_a_peak_executor_needs_the_map():
