@@ -63,6 +63,8 @@ _AVOID_MARGIN = 0.12
 # How far ahead a heading must be clear before the expert takes it (m).
 _LOOKAHEAD = 1.2
 _CANDIDATE_HEADINGS = np.radians(np.arange(-180.0, 180.0, 5.0))
+# the same, as the bearings (robot frame) _clear_heading returns
+_CANDIDATE_BEARINGS = np.array([wrap_angle(h) for h in _CANDIDATE_HEADINGS])
 # Stops this close to the target's centre: 0.15 m inside the 0.7 m success radius, so a
 # learner judging distance from the image has slack, and clear of the largest object's
 # footprint (0.24 m half-side, 0.34 m to a corner, plus the robot's 0.2 m radius).
@@ -369,14 +371,13 @@ class ExpertPolicy:
         """Return the clear heading (robot frame) closest to `bearing`."""
         lookahead = min(_LOOKAHEAD, distance - _GOTO_STOP_DISTANCE + 0.2)
         free = self._free_distances(pose, _CANDIDATE_HEADINGS)
-        relative = np.array([wrap_angle(h) for h in _CANDIDATE_HEADINGS])
         ok = free >= lookahead
         if not ok.any():
             # Boxed in: take the most open heading.
-            return float(relative[int(np.argmax(free))])
-        cost = np.abs(np.array([wrap_angle(r - bearing) for r in relative]))
+            return float(_CANDIDATE_BEARINGS[int(np.argmax(free))])
+        cost = np.abs(np.array([wrap_angle(r - bearing) for r in _CANDIDATE_BEARINGS]))
         cost[~ok] = np.inf
-        return float(relative[int(np.argmin(cost))])
+        return float(_CANDIDATE_BEARINGS[int(np.argmin(cost))])
 
     def _arc_is_clear(self, pose, turn: str) -> bool:
         """Return whether the way ahead and toward `turn`'s side is free for an arc."""

@@ -140,7 +140,6 @@ def build_model(args) -> VLITModel:
     executor and what it reads; an `--init` VLITModel keeps its own (the options may repeat
     what it is, not change it).
     """
-    reads_state = not args.no_fusion_state
     if args.init:
         pretrained = load_checkpoint(args.init)
         if args.conv_stem is not None and \
@@ -148,12 +147,11 @@ def build_model(args) -> VLITModel:
             raise ValueError(f'--conv-stem configures a new model; {args.init} has '
                              f'conv_stem {pretrained.config.vision.conv_stem}')
         if isinstance(pretrained, PretrainingModel):
-            config = _with_executor_input(pretrained.config, reads_state, args.map_memory,
-                                          args.zoom_map, args.map_peak)
+            config = _with_executor_input(pretrained.config, args)
             # The zoom adds no weights: the pretrained fusion reads it as configured.
             pretrained.vlm.fusion.zoom_map = config.fusion.zoom_map
             return VLITModel(config, vlm=pretrained.vlm)
-        if not reads_state and pretrained.config.executor.fusion_state:
+        if args.no_fusion_state and pretrained.config.executor.fusion_state:
             raise ValueError(f'--no-fusion-state configures a new executor, but {args.init} '
                              f'already has one that reads the fusion state; leave the option '
                              f'out to continue it, or start from a pretraining checkpoint')
@@ -172,16 +170,17 @@ def build_model(args) -> VLITModel:
                              f'or start from a pretraining checkpoint')
         return pretrained
     return VLITModel(_with_executor_input(
-        model_config(args.preset, args.text_encoder, args.conv_stem), reads_state,
-        args.map_memory, args.zoom_map, args.map_peak))
+        model_config(args.preset, args.text_encoder, args.conv_stem), args))
 
 
-def _with_executor_input(config: ModelConfig, fusion_state: bool, map_memory: bool,
-                         zoom_map: bool, map_peak: bool) -> ModelConfig:
+def _with_executor_input(config: ModelConfig, args) -> ModelConfig:
+    """Return `config` with what finetune's options say a new executor reads."""
     return dataclasses.replace(
-        config, executor=dataclasses.replace(config.executor, fusion_state=fusion_state,
-                                             map_memory=map_memory, map_peak=map_peak),
-        fusion=dataclasses.replace(config.fusion, zoom_map=zoom_map))
+        config, executor=dataclasses.replace(config.executor,
+                                             fusion_state=not args.no_fusion_state,
+                                             map_memory=args.map_memory,
+                                             map_peak=args.map_peak),
+        fusion=dataclasses.replace(config.fusion, zoom_map=args.zoom_map))
 
 
 class FamilyBatches:
